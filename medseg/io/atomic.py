@@ -1,0 +1,48 @@
+"""Atomic file output: write to a temporary file beside the target, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def full_suffix(path: Path) -> str:
+    """``.nii.gz`` for ``a.nii.gz``, ``.nrrd`` for ``a.nrrd``, ``''`` without one."""
+    name = path.name
+    for double in (".nii.gz", ".tar.gz"):
+        if name.lower().endswith(double):
+            return name[-len(double) :]
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; rename it onto ``target`` on success.
+
+    The temporary name keeps ``target``'s suffix so that writers which pick the
+    format from the extension (nibabel, SimpleITK) behave. If the body raises,
+    the temporary file is removed and ``target`` is left untouched. Parent
+    folders are created.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = full_suffix(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
