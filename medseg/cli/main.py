@@ -1,0 +1,59 @@
+"""``medseg``: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.markup import escape
+
+from medseg import __version__
+from medseg.cli import check, convert, info
+from medseg.cli.console import err, setup_logging
+from medseg.core.errors import MedsegError
+
+COMMANDS = (info, check, convert)
+
+DESCRIPTION = """\
+medseg: self-configuring 3D medical image segmentation (the nnU-Net method),
+with DICOM in and DICOM-SEG out.
+
+Typical use:
+  medseg info scan.nii.gz                  what is in a volume or DICOM folder
+  medseg check path/to/Task04_Hippocampus  validate every case of a dataset
+  medseg convert dicom_folder/ scan.nii.gz convert a DICOM series to NIfTI
+
+Run 'medseg COMMAND --help' for the options of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.run(args) or 0)
+    except MedsegError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
