@@ -1,0 +1,174 @@
+"""Generate medseg's demo dataset: small, CT-like, anisotropic, deterministic.
+
+Each case is a crop of an abdomen-like CT: air, a body outline with a
+subcutaneous fat ring, a vertebra, and two labelled structures of different
+sizes: an enhancing organ (label 1, ~120 HU) and a hypodense lesion inside it
+(label 2, ~50 HU). Intensities are Hounsfield-like (int16), voxels are
+0.8 x 0.8 x 2.5 mm, and the arrays are stored in a non-trivial orientation
+("PLS": first axis posterior, second left, third superior), so the pipeline's
+reorientation is exercised. The same seed gives byte-identical files.
+
+Layout written (MSD)::
+
+    OUT/dataset.json
+    OUT/imagesTr/demo_000.nii.gz ...   OUT/labelsTr/demo_000.nii.gz ...
+    OUT/imagesTs/demo_100.nii.gz ...   OUT/labelsTs/demo_100.nii.gz ... (reference for QC)
+
+Usage::
+
+    python datasets/demo.py OUT [--train 12] [--test 4] [--seed 0] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.core.volume import Volume
+from medseg.io.volumes import write_volume
+
+SPACING = np.array([0.8, 0.8, 2.5])
+#: Columns: the RAS direction of each stored axis (posterior, left, superior).
+DIRECTIONS = np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T
+LABELS = {"0": "background", "1": "organ", "2": "lesion"}
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    case_id: str
+    image: Volume
+    label: Volume
+
+
+def _affine(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = DIRECTIONS * SPACING
+    centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    affine[:3, 3] = -centre + np.array([0.0, 0.0, rng.uniform(-40, 40)]).round(1)
+    return affine
+
+
+def _ellipsoid(points: np.ndarray, centre, radii, angle: float) -> np.ndarray:
+    """Boolean mask of points (..., 3) inside an ellipsoid rotated by ``angle`` about z."""
+    c, s = np.cos(angle), np.sin(angle)
+    d = points - np.asarray(centre)
+    u = c * d[..., 0] + s * d[..., 1]
+    v = -s * d[..., 0] + c * d[..., 1]
+    r = np.asarray(radii)
+    return (u / r[0]) ** 2 + (v / r[1]) ** 2 + (d[..., 2] / r[2]) ** 2 <= 1.0
+
+
+def make_case(case_id: str, rng: np.random.Generator) -> DemoCase:
+    """One demo case drawn from ``rng`` (shapes, positions and noise all random)."""
+    shape = (int(rng.integers(60, 76)), int(rng.integers(60, 76)), int(rng.integers(20, 28)))
+    affine = _affine(shape, rng)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3]
+    xy = world - centre
+    half = SPACING[:2] * np.array(shape[:2]) / 2  # half field of view (P-A, L-R) in mm
+    body_r = (half[1] * rng.uniform(0.85, 0.95), half[0] * rng.uniform(0.75, 0.85), 1e9)
+    body = _ellipsoid(xy, (0, 0, 0), body_r, 0.0)
+    muscle = _ellipsoid(xy, (0, 0, 0), (body_r[0] * 0.88, body_r[1] * 0.88, 1e9), 0.0)
+    spine = _ellipsoid(xy, (0, -body_r[1] * 0.6, 0), (7.0, 6.5, 1e9), 0.0)
+    organ_c = (rng.uniform(-6, 6), rng.uniform(-2, 8), rng.uniform(-6, 6))
+    organ_r = (rng.uniform(13, 19), rng.uniform(10, 15), rng.uniform(16, 24))
+    organ = _ellipsoid(xy, organ_c, organ_r, rng.uniform(0, np.pi)) & muscle & ~spine
+    lesion_c = np.array(organ_c) + rng.uniform(-0.45, 0.45, 3) * np.array(organ_r)
+    lesion = _ellipsoid(xy, lesion_c, rng.uniform(4, 7, 3), rng.uniform(0, np.pi)) & organ
+
+    hu = np.full(shape, -1000.0)
+    hu[body] = -100.0
+    hu[muscle] = 40.0
+    hu[spine] = 400.0
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), (3, 3, 1))
+    hu[organ] = 120.0 + 60.0 * texture[organ]
+    hu[lesion] = 50.0
+    hu = ndimage.gaussian_filter(hu, (0.6, 0.6, 0.3))  # partial volume
+    hu += rng.normal(0, 12.0, shape)
+    image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+
+    label = np.zeros(shape, np.uint8)
+    label[organ] = 1
+    label[lesion] = 2
+    return DemoCase(case_id, Volume.image(image, affine), Volume.label(label, affine))
+
+
+def write_dataset(out: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    """Write the demo dataset to ``out`` (which must not exist) and return it.
+
+    Written into a temporary folder beside ``out`` and renamed, so an
+    interrupted run never leaves a half-made dataset.
+    """
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; remove it or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        training, test = [], []
+        for i in range(n_train + n_test):
+            is_test = i >= n_train
+            cid = f"demo_{(100 + i - n_train) if is_test else i:03d}"
+            case = make_case(cid, np.random.default_rng([seed, i]))
+            img_dir, lbl_dir = ("imagesTs", "labelsTs") if is_test else ("imagesTr", "labelsTr")
+            write_volume(case.image, tmp / img_dir / f"{cid}.nii.gz")
+            write_volume(case.label, tmp / lbl_dir / f"{cid}.nii.gz")
+            if is_test:
+                test.append(f"./imagesTs/{cid}.nii.gz")
+            else:
+                training.append(
+                    {"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"}
+                )
+        meta = {
+            "name": "MedsegDemo",
+            "description": "Synthetic CT-like abdomen crops: an organ and a lesion inside it. "
+            "Generated by medseg's datasets/demo.py; labelsTs holds the test references.",
+            "reference": "medseg",
+            "licence": "CC0-1.0",
+            "tensorImageSize": "3D",
+            "modality": {"0": "CT"},
+            "labels": LABELS,
+            "numTraining": n_train,
+            "numTest": n_test,
+            "generator": {"script": "datasets/demo.py", "seed": seed},
+            "training": training,
+            "test": test,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder to create")
+    parser.add_argument("--train", type=int, default=12, help="training cases (default 12)")
+    parser.add_argument("--test", type=int, default=4, help="test cases (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    args = parser.parse_args(argv)
+    if args.force and args.out.exists():
+        shutil.rmtree(args.out)
+    try:
+        write_dataset(args.out, args.train, args.test, args.seed)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.train} training and {args.test} test cases to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
