@@ -1,0 +1,45 @@
+# medseg: the two set-up commands (both create .venv and install everything first)
+#   make demo   generate the demo dataset and run the workflow on it
+#   make test   lint and run the test suite (what CI runs)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DATA := demo_data/MedsegDemo
+# pip on machines with an extra local index prints one warning per package; hide those
+PIP_FILTER := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: demo test test-fast lint venv clean
+
+venv: $(STAMP)
+
+# torch first, pinned: otherwise nnunetv2 -> timm -> torchvision pulls a newer CUDA torch
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip 2>&1 | $(PIP_FILTER)
+	$(BIN)/pip install --quiet torch==2.13.0 2>&1 | $(PIP_FILTER)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' 2>&1 | $(PIP_FILTER)
+	$(BIN)/python -c "import medseg, torch; print('medseg', medseg.__version__, '/ torch', torch.__version__)"
+	touch $@
+
+$(DEMO_DATA)/dataset.json: datasets/demo.py | $(STAMP)
+	$(BIN)/python datasets/demo.py $(DEMO_DATA) --force
+
+demo: $(STAMP) $(DEMO_DATA)/dataset.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 \
+		--configfile pipelines/config/demo.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check medseg tests datasets benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -x -q
+
+clean:
+	rm -rf $(VENV) demo_data results .snakemake .pytest_cache

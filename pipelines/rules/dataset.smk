@@ -1,0 +1,22 @@
+# Stage 0: validate every case before anything is computed from the dataset.
+
+
+rule check_dataset:
+    input:
+        dataset_json=f"{DATASET}/dataset.json",
+    output:
+        report=f"{OUT}/dataset_check.json",
+    params:
+        dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
+    log:
+        f"{OUT}/logs/check_dataset.log",
+    benchmark:
+        f"{OUT}/benchmarks/check_dataset.tsv"
+    conda:
+        MEDSEG_ENV
+    threads: config["processes"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "medseg check {params.dataset:q} -j {threads} --report {output.report:q} > {log:q} 2>&1"
