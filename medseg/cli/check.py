@@ -10,9 +10,6 @@ from pathlib import Path
 from rich.markup import escape
 
 from medseg.cli.console import add_command, out, progress
-from medseg.dataset.check import CheckSettings, check_dataset
-from medseg.dataset.layout import load_dataset
-from medseg.io.atomic import write_text_atomic
 
 HELP = "validate a dataset (MSD or nnU-Net v2 layout); exit 0 only if every case is clean"
 EPILOG = """\
@@ -47,6 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.dataset.check import CheckSettings, check_dataset
+    from medseg.dataset.layout import load_dataset
+    from medseg.io.atomic import write_text_atomic
+
     spec = load_dataset(args.dataset)
     settings = CheckSettings(allow_empty_labels=args.allow_empty_labels)
     n = len(spec.training) + (len(spec.test) if args.include_test else 0)

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-#: Results go to stdout; logs, progress and errors to stderr.
-out = Console(soft_wrap=True)
+#: Results go to stdout; logs, progress and errors to stderr. Piped output (logs,
+#: CI) gets a fixed width so tables are not squeezed to 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 
 

@@ -7,13 +7,10 @@ from pathlib import Path
 
 from medseg.cli.console import add_command, out
 from medseg.core.volume import Kind
-from medseg.geometry.affine import orientation_code
-from medseg.geometry.orientation import to_canonical
-from medseg.io.volumes import WRITABLE_SUFFIXES, read_volume, write_volume
 
 HELP = "convert a DICOM series or volume file to NIfTI (or NRRD / MHA)"
-EPILOG = f"""\
-The output format follows OUTPUT's suffix ({", ".join(WRITABLE_SUFFIXES)}). The
+EPILOG = """\
+The output format follows OUTPUT's suffix (.nii.gz, .nii, .nrrd, .mha). The
 geometry (spacing, orientation, origin) is kept exactly; --canonical instead
 reorients the axes to RAS (permutation and flips only, no interpolation). The
 output is written to a temporary file and renamed, so it is never half-written.
@@ -35,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.geometry.affine import orientation_code
+    from medseg.geometry.orientation import to_canonical
+    from medseg.io.volumes import read_volume, write_volume
+
     kind = Kind.LABEL if args.label else Kind.IMAGE
     volume = read_volume(args.input, kind, series_uid=args.series)
     if args.canonical:

@@ -11,9 +11,6 @@ from rich.table import Table
 
 from medseg.cli.console import add_command, out
 from medseg.core.volume import Volume
-from medseg.geometry.affine import orientation_code
-from medseg.io.dicom_series import read_dicom_series, scan_series
-from medseg.io.volumes import read_volume
 
 HELP = "show shape, spacing, orientation, dtype and intensity range of a volume"
 EPILOG = """\
@@ -37,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def describe(volume: Volume) -> dict:
     """The facts ``info`` reports about a volume, as JSON-ready data."""
+    from medseg.geometry.affine import orientation_code
+
     arr = volume.array
     facts = {
         "shape": list(volume.spatial_shape),
@@ -66,6 +65,9 @@ def _series_table(path: Path, series) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.io.dicom_series import read_dicom_series, scan_series
+    from medseg.io.volumes import read_volume
+
     path: Path = args.path
     facts: dict = {"path": str(path)}
     if path.is_dir():

@@ -16,8 +16,6 @@ from medseg.core.volume import Kind, Volume, as_label_array, smallest_int_dtype
 from medseg.geometry.affine import LPS_TO_RAS, affine_from_components, components_from_affine
 from medseg.io.atomic import atomic_path
 
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-
 
 def _affine_of(image: sitk.Image) -> np.ndarray:
     dim = image.GetDimension()

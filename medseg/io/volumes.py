@@ -12,11 +12,11 @@ from pathlib import Path
 from medseg.core.errors import VolumeReadError
 from medseg.core.volume import Kind, Volume
 from medseg.io.atomic import full_suffix
-from medseg.io.dicom_series import read_dicom_series
-from medseg.io.itk import ITK_SUFFIXES, read_itk, write_itk
 from medseg.io.nifti import read_nifti, write_nifti
 
+# SimpleITK and pydicom are imported only when a file needs them (start-up time)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
@@ -43,16 +43,22 @@ def read_volume(
     if path.is_dir():
         if kind is Kind.LABEL:
             raise VolumeReadError(f"{path}: a DICOM series cannot be read as a label map")
+        from medseg.io.dicom_series import read_dicom_series
+
         return read_dicom_series(path, series_uid)[0]
     suffix = full_suffix(path).lower()
     if suffix in NIFTI_SUFFIXES:
         return read_nifti(path, kind)
     if suffix in ITK_SUFFIXES:
+        from medseg.io.itk import read_itk
+
         return read_itk(path, kind)
     if not path.exists():
         raise VolumeReadError(f"{path}: file not found")
     if _is_dicom_file(path) and kind is Kind.IMAGE:
         import pydicom
+
+        from medseg.io.dicom_series import read_dicom_series
 
         uid = series_uid or str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
         return read_dicom_series(path.parent, uid)[0]
@@ -69,6 +75,8 @@ def write_volume(volume: Volume, path: str | Path) -> None:
     if suffix in NIFTI_SUFFIXES:
         write_nifti(volume, path)
     elif suffix in (".nrrd", ".mha"):
+        from medseg.io.itk import write_itk
+
         write_itk(volume, path)
     else:
         raise VolumeReadError(
