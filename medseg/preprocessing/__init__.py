@@ -1,0 +1,1 @@
+"""Layer 2: crop, normalize, resample and their inverses (pure numpy)."""
