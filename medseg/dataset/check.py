@@ -9,12 +9,12 @@ foreground.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from medseg.core.errors import MedsegError
+from medseg.core.parallel import parallel_map
 from medseg.core.volume import Kind, Volume
 from medseg.dataset.layout import Case, DatasetSpec
 from medseg.geometry.affine import grid_mismatch
@@ -95,15 +95,24 @@ def _check_channels(spec: DatasetSpec, case: Case, out: list[Problem]) -> Volume
     return Volume(array, first.affine, Kind.IMAGE)
 
 
-def check_case(
+@dataclass(frozen=True)
+class CaseCheck:
+    """The problems of one case and the volumes read while finding them."""
+
+    problems: tuple[Problem, ...]
+    image: Volume | None
+    label: Volume | None
+
+
+def inspect_case(
     spec: DatasetSpec, case: Case, settings: CheckSettings = CheckSettings()
-) -> list[Problem]:
-    """All problems of one case (an empty list if it is clean)."""
+) -> CaseCheck:
+    """Read a case and collect all its problems; later stages reuse the volumes."""
     out: list[Problem] = []
     image = _check_channels(spec, case, out)
-    if image is not None:
-        finite = np.isfinite(image.array) if image.array.dtype.kind == "f" else None
-        if finite is not None and not finite.all():
+    if image is not None and image.array.dtype.kind == "f":
+        finite = np.isfinite(image.array)
+        if not finite.all():
             n_bad = int(finite.size - np.count_nonzero(finite))
             out.append(
                 Problem(
@@ -112,11 +121,15 @@ def check_case(
                     "replace them with valid intensities",
                 )
             )
-    if case.label is None:
-        return out
-    label = _read(spec, case, case.label, Kind.LABEL, out)
-    if label is None:
-        return out
+    label = None
+    if case.label is not None:
+        label = _read(spec, case, case.label, Kind.LABEL, out)
+        if label is not None:
+            _check_label(spec, case, image, label, settings, out)
+    return CaseCheck(tuple(out), image, label)
+
+
+def _check_label(spec, case, image, label, settings, out: list[Problem]) -> None:
     lname = _rel(spec, case.label)
     if image is not None:
         if image.spatial_shape != label.spatial_shape:
@@ -150,7 +163,27 @@ def check_case(
         )
     if present <= {0} and not settings.allow_empty_labels:
         out.append(Problem(case.case_id, f"label ({lname}) is empty (background only)"))
-    return out
+
+
+def read_case(
+    spec: DatasetSpec, case: Case, settings: CheckSettings = CheckSettings()
+) -> tuple[Volume, Volume | None]:
+    """Read a case's image and label, raising a :class:`MedsegError` listing its problems."""
+    checked = inspect_case(spec, case, settings)
+    if checked.problems:
+        raise MedsegError(
+            f"case {case.case_id}: "
+            + "; ".join(p.message for p in checked.problems)
+            + ". Fix the case (see 'medseg check') or exclude it."
+        )
+    return checked.image, checked.label
+
+
+def check_case(
+    spec: DatasetSpec, case: Case, settings: CheckSettings = CheckSettings()
+) -> list[Problem]:
+    """All problems of one case (an empty list if it is clean)."""
+    return list(inspect_case(spec, case, settings).problems)
 
 
 @dataclass(frozen=True)
@@ -189,16 +222,8 @@ def check_dataset(
     cases = spec.training + (spec.test if include_test else ())
     jobs = [(spec, c, settings) for c in cases]
     problems: list[Problem] = []
-    if processes <= 1:
-        results = map(_check_one, jobs)
-        for case, found in zip(cases, results, strict=True):
-            problems.extend(found)
-            if on_case_done:
-                on_case_done(case.case_id)
-    else:
-        with ProcessPoolExecutor(max_workers=processes) as pool:
-            for case, found in zip(cases, pool.map(_check_one, jobs, chunksize=4), strict=True):
-                problems.extend(found)
-                if on_case_done:
-                    on_case_done(case.case_id)
+    for case, found in zip(cases, parallel_map(_check_one, jobs, processes), strict=True):
+        problems.extend(found)
+        if on_case_done:
+            on_case_done(case.case_id)
     return CheckReport(len(cases), tuple(problems))

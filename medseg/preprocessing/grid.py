@@ -1,0 +1,37 @@
+"""The processing grid: canonical RAS with the axes reversed, ``(S, A, R)``.
+
+nnU-Net v2 reads NIfTI (with reorientation) into this axis order, so working in
+it makes every per-axis decision directly comparable with nnU-Net's, and lets
+nnU-Net plans and models be used as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.core.volume import Kind, Volume
+from medseg.geometry.orientation import OrientationRecord, from_canonical, to_canonical
+
+
+def reverse_spatial(array: np.ndarray) -> np.ndarray:
+    """Reverse the order of the last three axes (a view)."""
+    lead = array.ndim - 3
+    return np.transpose(array, tuple(range(lead)) + (lead + 2, lead + 1, lead))
+
+
+def to_processing(volume: Volume) -> tuple[np.ndarray, tuple[float, ...], OrientationRecord]:
+    """The array on the processing grid (``(C, S, A, R)`` or ``(S, A, R)``), its spacing
+    in mm in that order, and the orientation record that undoes it."""
+    canonical, record = to_canonical(volume)
+    spacing = tuple(float(s) for s in reversed(canonical.spacing))
+    return reverse_spatial(canonical.array), spacing, record
+
+
+def from_processing(array: np.ndarray, record: OrientationRecord, kind: Kind) -> Volume:
+    """Back from the processing grid to the original array order and affine, exactly.
+
+    ``array`` is ``(..., S, A, R)``: a label ``(S, A, R)`` for ``Kind.LABEL``, or
+    channels first (e.g. probabilities) for ``Kind.IMAGE``.
+    """
+    canonical = np.ascontiguousarray(reverse_spatial(array))
+    return from_canonical(Volume(canonical, np.array(record.original_affine), kind), record)
