@@ -1,0 +1,1 @@
+"""Layer 2: network builders (the only planning-time user of torch)."""

@@ -1,0 +1,1 @@
+"""Layer 2: planning from a fingerprint (records in, records out, no file I/O)."""
