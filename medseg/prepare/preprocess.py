@@ -1,0 +1,92 @@
+"""Run preprocessing over a dataset for one configuration, in parallel, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.core.parallel import parallel_map
+from medseg.core.records import resolve_configuration
+from medseg.dataset.check import read_case
+from medseg.dataset.layout import Case, DatasetSpec
+from medseg.io.atomic import write_text_atomic
+from medseg.io.preprocessed import write_case
+from medseg.preprocessing.pipeline import preprocess_case
+
+
+@dataclass(frozen=True)
+class _Job:
+    spec: DatasetSpec
+    case: Case
+    index: int
+    plans: dict
+    configuration: str
+    folder: Path
+    seed: int
+
+
+def _run(job: _Job) -> str:
+    image, label = read_case(job.spec, job.case)
+    rng = np.random.default_rng([job.seed, job.index])
+    data, seg, record, locations = preprocess_case(
+        image, label, job.plans, job.configuration, rng, job.case.case_id
+    )
+    patch = resolve_configuration(job.plans, job.configuration)["patch_size"]
+    write_case(job.folder, job.case.case_id, data, seg, record, locations, patch)
+    return job.case.case_id
+
+
+def preprocess_dataset(
+    spec: DatasetSpec,
+    plans: dict,
+    configuration: str,
+    out: Path,
+    *,
+    processes: int = 1,
+    seed: int = 1234,
+    on_case_done: Callable[[str], None] | None = None,
+) -> dict:
+    """Preprocess every training case into ``out`` (replaced only when all succeed).
+
+    Cases are written into a temporary folder beside ``out`` that is renamed at
+    the end, so an interrupted or failed run never leaves a partial ``out``.
+    Returns the summary also written to ``out/preprocess.json``.
+    """
+    resolve_configuration(plans, configuration)  # fail early on an unknown name
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    start = time.perf_counter()
+    try:
+        jobs = [
+            _Job(spec, c, i, plans, configuration, tmp, seed) for i, c in enumerate(spec.training)
+        ]
+        for case_id in parallel_map(_run, jobs, processes):
+            if on_case_done:
+                on_case_done(case_id)
+        summary = {
+            "configuration": configuration,
+            "plans_name": plans.get("plans_name"),
+            "dataset": str(spec.root),
+            "cases": [c.case_id for c in spec.training],
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        write_text_atomic(tmp / "preprocess.json", json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(tmp / "plans.json", json.dumps(plans, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
