@@ -8,11 +8,11 @@ import sys
 from rich.markup import escape
 
 from medseg import __version__
-from medseg.cli import check, convert, info
+from medseg.cli import check, convert, fingerprint, info, plan, preprocess, split, summary
 from medseg.cli.console import err, setup_logging
 from medseg.core.errors import MedsegError
 
-COMMANDS = (info, check, convert)
+COMMANDS = (info, check, convert, fingerprint, plan, split, preprocess, summary)
 
 DESCRIPTION = """\
 medseg: self-configuring 3D medical image segmentation (the nnU-Net method),
@@ -22,6 +22,12 @@ Typical use:
   medseg info scan.nii.gz                  what is in a volume or DICOM folder
   medseg check path/to/Task04_Hippocampus  validate every case of a dataset
   medseg convert dicom_folder/ scan.nii.gz convert a DICOM series to NIfTI
+
+The pipeline, one command per stage (the Snakemake workflow runs them for you):
+  medseg fingerprint DATASET -o fingerprint.json
+  medseg plan fingerprint.json -o plans.json
+  medseg split DATASET -o splits.json
+  medseg preprocess DATASET plans.json --config 3d_fullres -o preprocessed/3d_fullres
 
 Run 'medseg COMMAND --help' for the options of each command.
 """

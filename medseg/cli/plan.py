@@ -1,0 +1,123 @@
+"""``medseg plan``: nnU-Net v2's configurations from a fingerprint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from medseg.cli.console import add_command, out
+from medseg.core.errors import MedsegError
+from medseg.core.records import FINGERPRINT_SCHEMA, Fingerprint, read_record
+from medseg.io.atomic import write_text_atomic
+from medseg.planning.planner import CONFIGURATIONS, PlannerSettings, plan_experiment
+
+HELP = "plan spacing, normalization, networks, patch and batch sizes from a fingerprint"
+EPILOG = """\
+Decides what nnU-Net v2 decides, the same way: target spacing (median, with the
+anisotropy rule), axis transpose, normalization per channel, the U-Net topology,
+patch and batch size from a GPU memory budget, and which configurations exist
+(2d, 3d_fullres, and 3d_lowres + 3d_cascade_fullres for large images).
+Overrides change the inputs of those rules, never the code.
+
+Examples:
+  medseg plan fp.json -o plans.json                       # nnU-Net's defaults (8 GB)
+  medseg plan fp.json -o plans.json --gpu-memory 24
+  medseg plan fp.json -o plans.json --gpu-memory 0.5 --base-features 8 \\
+      --configurations 3d_fullres --patch-size 3d_fullres=16x64x64   # a small CPU demo
+"""
+
+
+def _patch(text: str) -> tuple[str, tuple[int, ...]]:
+    try:
+        name, dims = text.split("=", 1)
+        return name, tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected CONFIG=AxBxC (e.g. 3d_fullres=32x64x64), got {text!r}"
+        ) from None
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "plan", HELP, EPILOG, run)
+    p.add_argument("fingerprint", type=Path, metavar="FINGERPRINT", help="fingerprint.json")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="JSON")
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=8.0,
+        metavar="GB",
+        help="GPU memory budget in GB (default: %(default)s, as nnU-Net)",
+    )
+    p.add_argument(
+        "--base-features",
+        type=int,
+        default=32,
+        metavar="N",
+        help="features of the first U-Net stage, doubling per stage (default: 32)",
+    )
+    p.add_argument(
+        "--configurations",
+        nargs="+",
+        choices=CONFIGURATIONS,
+        metavar="NAME",
+        help=f"plan only these (default: all that apply; {', '.join(CONFIGURATIONS)})",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=_patch,
+        action="append",
+        default=[],
+        metavar="CONFIG=AxBxC",
+        help="fix a configuration's patch size",
+    )
+    p.add_argument(
+        "--target-spacing",
+        type=float,
+        nargs=3,
+        metavar=("S", "A", "R"),
+        help="full-resolution spacing in mm, processing order (S, A, R)",
+    )
+    p.add_argument("--plans-name", default="medsegPlans")
+
+
+def plans_table(plans: dict) -> Table:
+    table = Table(title=f"plans for {plans['dataset_name']}")
+    for col in ("configuration", "spacing (mm)", "patch", "batch", "stages", "normalization"):
+        table.add_column(col)
+    for name, c in plans["configurations"].items():
+        if "patch_size" not in c:
+            table.add_row(name, f"= {c.get('inherits_from')} after {c.get('previous_stage')}",
+                          "", "", "", "")  # fmt: skip
+            continue
+        table.add_row(name, " x ".join(f"{s:.3g}" for s in c["spacing"]),
+                      " x ".join(map(str, c["patch_size"])), str(c["batch_size"]),
+                      str(c["architecture"]["arch_kwargs"]["n_stages"]),
+                      ", ".join(c["normalization_schemes"]))  # fmt: skip
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    fp = Fingerprint.from_dict(
+        read_record(args.fingerprint, FINGERPRINT_SCHEMA), str(args.fingerprint)
+    )
+    for name, _ in args.patch_size:
+        if name not in CONFIGURATIONS:
+            raise MedsegError(f"--patch-size: unknown configuration {name!r}")
+    settings = PlannerSettings(
+        gpu_memory_gb=args.gpu_memory,
+        base_features=args.base_features,
+        configurations=tuple(args.configurations) if args.configurations else None,
+        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
+        patch_size=dict(args.patch_size),
+        plans_name=args.plans_name,
+    )
+    plans = plan_experiment(fp, settings)
+    if not plans["configurations"]:
+        raise MedsegError("no configuration planned: check --configurations against the data")
+    write_text_atomic(args.output, json.dumps(plans, indent=1) + "\n")
+    out.print(plans_table(plans))
+    out.print(f"plans written to {args.output}", highlight=False)
+    return 0
