@@ -3,10 +3,13 @@
 Each case is a crop of an abdomen-like CT: air, a body outline with a
 subcutaneous fat ring, a vertebra, and two labelled structures of different
 sizes: an enhancing organ (label 1, ~120 HU) and a hypodense lesion inside it
-(label 2, ~50 HU). Intensities are Hounsfield-like (int16), voxels are
-0.8 x 0.8 x 2.5 mm, and the arrays are stored in a non-trivial orientation
-("PLS": first axis posterior, second left, third superior), so the pipeline's
-reorientation is exercised. The same seed gives byte-identical files.
+(label 2, ~50 HU). Intensities are Hounsfield-like (int16); voxels are
+anisotropic and vary per case as in real CT collections (in-plane 0.7-0.9 mm,
+slices 2-3 mm, typically 0.8 x 0.8 x 2.5 mm), so planning picks a median target
+spacing and preprocessing really resamples (slice-wise, as nnU-Net does for
+anisotropic data). Arrays are stored in a non-trivial orientation ("PLS": first
+axis posterior, second left, third superior), so the pipeline's reorientation is
+exercised. The same seed gives byte-identical files.
 
 Layout written (MSD)::
 
@@ -35,7 +38,9 @@ from scipy import ndimage
 from medseg.core.volume import Volume
 from medseg.io.volumes import write_volume
 
-SPACING = np.array([0.8, 0.8, 2.5])
+IN_PLANE_MM = (0.7, 0.8, 0.8, 0.9)
+SLICE_MM = (2.0, 2.5, 2.5, 3.0)
+FOV_MM = np.array([54.0, 54.0, 60.0])  # typical field of view (P-A, L-R, S-I)
 #: Columns: the RAS direction of each stored axis (posterior, left, superior).
 DIRECTIONS = np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T
 LABELS = {"0": "background", "1": "organ", "2": "lesion"}
@@ -48,9 +53,9 @@ class DemoCase:
     label: Volume
 
 
-def _affine(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+def _affine(shape, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     affine = np.eye(4)
-    affine[:3, :3] = DIRECTIONS * SPACING
+    affine[:3, :3] = DIRECTIONS * spacing
     centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2)
     affine[:3, 3] = -centre + np.array([0.0, 0.0, rng.uniform(-40, 40)]).round(1)
     return affine
@@ -68,13 +73,16 @@ def _ellipsoid(points: np.ndarray, centre, radii, angle: float) -> np.ndarray:
 
 def make_case(case_id: str, rng: np.random.Generator) -> DemoCase:
     """One demo case drawn from ``rng`` (shapes, positions and noise all random)."""
-    shape = (int(rng.integers(60, 76)), int(rng.integers(60, 76)), int(rng.integers(20, 28)))
-    affine = _affine(shape, rng)
+    in_plane, thick = float(rng.choice(IN_PLANE_MM)), float(rng.choice(SLICE_MM))
+    spacing = np.array([in_plane, in_plane, thick])
+    fov = FOV_MM * rng.uniform(0.88, 1.12, 3)
+    shape = tuple(int(round(f / s)) for f, s in zip(fov, spacing, strict=True))
+    affine = _affine(shape, spacing, rng)
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
     world = idx @ affine[:3, :3].T + affine[:3, 3]
     centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3]
     xy = world - centre
-    half = SPACING[:2] * np.array(shape[:2]) / 2  # half field of view (P-A, L-R) in mm
+    half = spacing[:2] * np.array(shape[:2]) / 2  # half field of view (P-A, L-R) in mm
     body_r = (half[1] * rng.uniform(0.85, 0.95), half[0] * rng.uniform(0.75, 0.85), 1e9)
     body = _ellipsoid(xy, (0, 0, 0), body_r, 0.0)
     muscle = _ellipsoid(xy, (0, 0, 0), (body_r[0] * 0.88, body_r[1] * 0.88, 1e9), 0.0)
