@@ -8,11 +8,21 @@ import sys
 from rich.markup import escape
 
 from medseg import __version__
-from medseg.cli import check, convert, fingerprint, info, plan, preprocess, split, summary
+from medseg.cli import (
+    check,
+    convert,
+    fingerprint,
+    info,
+    plan,
+    preprocess,
+    split,
+    summary,
+    train,
+)
 from medseg.cli.console import err, setup_logging
 from medseg.core.errors import MedsegError
 
-COMMANDS = (info, check, convert, fingerprint, plan, split, preprocess, summary)
+COMMANDS = (info, check, convert, fingerprint, plan, split, preprocess, train, summary)
 
 DESCRIPTION = """\
 medseg: self-configuring 3D medical image segmentation (the nnU-Net method),
@@ -28,6 +38,8 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg plan fingerprint.json -o plans.json
   medseg split DATASET -o splits.json
   medseg preprocess DATASET plans.json --config 3d_fullres -o preprocessed/3d_fullres
+  medseg train preprocessed/3d_fullres plans.json splits.json --config 3d_fullres \
+      --fold 0 -o models/3d_fullres/fold_0
 
 Run 'medseg COMMAND --help' for the options of each command.
 """

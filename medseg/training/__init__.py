@@ -1,0 +1,1 @@
+"""Layer 3: training (data sampling, augmentation, loop, checkpoints)."""

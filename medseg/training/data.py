@@ -1,0 +1,117 @@
+"""Training batches: patches read from the preprocessed store, with foreground oversampling.
+
+Patches are read from the compressed, chunked case arrays (only the chunks a
+patch touches are decompressed). A third of each batch (nnU-Net's 0.33) is
+forced to contain foreground: a class present in the case is chosen uniformly,
+then one of its stored voxel locations becomes the patch centre. Patches may
+extend past the volume (padding: image 0, label -1), as in nnU-Net.
+
+Every batch is a pure function of ``(seed, epoch, iteration)``, whichever
+process makes it, so training is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.core.errors import MedsegError
+from medseg.io.preprocessed import open_case_arrays, read_case_record, read_locations
+from medseg.preprocessing.crop import OUTSIDE
+
+OVERSAMPLE_FOREGROUND = 0.33
+
+
+def batch_seed(seed: int, epoch: int, iteration: int, stream: int = 0) -> np.random.SeedSequence:
+    """The seed sequence of one batch; ``stream`` separates sampling from augmentation."""
+    return np.random.SeedSequence([seed, epoch, iteration, stream])
+
+
+def forced_foreground(batch_size: int, fraction: float = OVERSAMPLE_FOREGROUND) -> list[bool]:
+    """Which samples of a batch must contain foreground (the last ``fraction``, rounded)."""
+    n_random = round(batch_size * (1 - fraction))
+    return [i >= n_random for i in range(batch_size)]
+
+
+@dataclass
+class CaseStore:
+    """Lazily opened preprocessed cases of one folder (one per worker process)."""
+
+    folder: Path
+    _open: dict = field(default_factory=dict)
+
+    def case(self, case_id: str):
+        if case_id not in self._open:
+            record = read_case_record(self.folder, case_id)
+            data, seg = open_case_arrays(self.folder, case_id)
+            shape = tuple(record["shape_after_resampling"])
+            locations = read_locations(self.folder, case_id, shape)
+            present = [c for c, loc in sorted(locations.items()) if len(loc)]
+            self._open[case_id] = (data, seg, shape, locations, present)
+        return self._open[case_id]
+
+
+def _window(shape, patch, rng: np.random.Generator, centre=None) -> list[int]:
+    """Start of a patch inside the padded range of ``shape``; random or around ``centre``."""
+    starts = []
+    for d, (n, p) in enumerate(zip(shape, patch, strict=True)):
+        pad = max(0, p - n)
+        lo, hi = -(pad // 2), n + pad // 2 + pad % 2 - p
+        if centre is None:
+            starts.append(int(rng.integers(lo, hi + 1)))
+        else:
+            starts.append(int(np.clip(centre[d] - p // 2, lo, hi)))
+    return starts
+
+
+def _read(array, starts, patch, fill, lead: int):
+    """``array[..., window]`` with the part outside the array filled with ``fill``."""
+    shape = array.shape[lead:]
+    src, dst = [], []
+    for s, p, n in zip(starts, patch, shape, strict=True):
+        a, b = max(s, 0), min(s + p, n)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - s, a - s + max(0, b - a)))
+    out = np.full(array.shape[:lead] + tuple(patch), fill, dtype=array.dtype)
+    if all(sl.stop > sl.start for sl in src):
+        out[(Ellipsis, *dst)] = array[(slice(None),) * lead + tuple(src)]
+    return out
+
+
+def sample_patch(store: CaseStore, case_id: str, patch, foreground: bool, rng):
+    """One ``(image (C, *patch), label (*patch))`` pair; a 2D ``patch`` takes one slice."""
+    data, seg, shape, locations, present = store.case(case_id)
+    centre = None
+    if foreground and present:
+        cls = present[int(rng.integers(len(present)))]
+        centre = locations[cls][int(rng.integers(len(locations[cls])))]
+    if len(patch) == len(shape) - 1:  # 2D configuration: a slice, then a 2D window
+        z = int(centre[0]) if centre is not None else int(rng.integers(shape[0]))
+        starts = _window(shape[1:], patch, rng, None if centre is None else centre[1:])
+        image = _read(data, [z, *starts], (1, *patch), 0, lead=1)[:, 0]
+        label = _read(seg, [z, *starts], (1, *patch), OUTSIDE, lead=0)[0]
+        return image, label
+    starts = _window(shape, patch, rng, centre)
+    return _read(data, starts, patch, 0, lead=1), _read(seg, starts, patch, OUTSIDE, lead=0)
+
+
+def sample_batch(
+    store: CaseStore,
+    case_ids: list[str],
+    patch,
+    batch_size: int,
+    rng: np.random.Generator,
+    oversample: float = OVERSAMPLE_FOREGROUND,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``image (B, C, *patch)`` float32 and ``label (B, 1, *patch)`` int16 for one batch."""
+    if not case_ids:
+        raise MedsegError("no cases to sample training patches from")
+    images, labels = [], []
+    for force in forced_foreground(batch_size, oversample):
+        case_id = case_ids[int(rng.integers(len(case_ids)))]
+        image, label = sample_patch(store, case_id, tuple(patch), force, rng)
+        images.append(image)
+        labels.append(label)
+    return np.stack(images).astype(np.float32), np.stack(labels)[:, None].astype(np.int16)

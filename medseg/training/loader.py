@@ -1,0 +1,103 @@
+"""Batches for one epoch, made in worker processes.
+
+Each batch is a pure function of ``(seed, epoch, iteration)``. On CPU the
+workers also augment; on CUDA they only read patches (pinned memory) and the
+training process augments the whole batch on the GPU, so augmentation never
+limits a fast GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.training.augment import AugmentSettings, augment, source_patch_size
+from medseg.training.data import CaseStore, batch_seed, sample_batch
+
+AUGMENT_STREAM, SAMPLE_STREAM, VALIDATION_STREAM = 1, 0, 2
+
+
+def torch_generator(seq: np.random.SeedSequence, device: str | torch.device = "cpu"):
+    """A torch generator on ``device`` seeded from a numpy seed sequence."""
+    seed = int(seq.generate_state(1, np.uint64)[0] & np.uint64(2**63 - 1))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Everything a worker needs to make batches (picklable, no open files)."""
+
+    folder: Path
+    case_ids: tuple[str, ...]
+    patch: tuple[int, ...]
+    batch_size: int
+    seed: int
+    augment: AugmentSettings | None
+    augment_in_worker: bool
+    stream: int = SAMPLE_STREAM
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Map-style dataset: index ``(epoch, iteration)`` -> one ready batch."""
+
+    def __init__(self, spec: BatchSpec):
+        self.spec = spec
+        self.store: CaseStore | None = None
+
+    def __len__(self) -> int:  # indices come from EpochSampler
+        return 2**31
+
+    def __getitem__(self, index: tuple[int, int]):
+        spec = self.spec
+        if self.store is None:  # opened lazily, once per worker process
+            self.store = CaseStore(spec.folder)
+        epoch, it = index
+        read = spec.patch if spec.augment is None else source_patch_size(spec.patch, spec.augment)
+        rng = np.random.default_rng(batch_seed(spec.seed, epoch, it, spec.stream))
+        image, label = sample_batch(self.store, list(spec.case_ids), read, spec.batch_size, rng)
+        image, label = torch.from_numpy(image), torch.from_numpy(label)
+        if spec.augment is None:
+            return image, label.clamp_(min=0)
+        if spec.augment_in_worker:
+            gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM))
+            return augment(image, label, spec.patch, spec.augment, gen)
+        return image, label
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, iteration)`` for the iterations of one epoch."""
+
+    def __init__(self, epoch: int, iterations: int):
+        self.epoch, self.iterations = epoch, iterations
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in range(self.iterations))
+
+    def __len__(self) -> int:
+        return self.iterations
+
+
+def epoch_loader(spec: BatchSpec, epoch: int, iterations: int, workers: int, pin: bool):
+    """A DataLoader over one epoch's batches (``workers`` processes, 0 = in process)."""
+    return torch.utils.data.DataLoader(
+        EpochBatches(spec),
+        batch_size=None,
+        sampler=EpochSampler(epoch, iterations),
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+def finish_on_device(image, label, spec: BatchSpec, epoch: int, it: int, device):
+    """Move a batch to ``device`` and, for GPU training, augment it there."""
+    image = image.to(device, non_blocking=True)
+    label = label.to(device, non_blocking=True)
+    if spec.augment is not None and not spec.augment_in_worker:
+        gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM), device)
+        image, label = augment(image, label, spec.patch, spec.augment, gen)
+    return image, label

@@ -1,0 +1,116 @@
+"""Fold validation: predict the fold's validation cases on whole volumes after training.
+
+Each case is predicted with the sliding window (Gaussian weighting, step 0.5,
+mirroring), its probabilities are mapped back to the original image grid through
+the preprocessing record, and written (for later ensembling) with the label map
+and per-class Dice against the original label.
+
+``MODEL_DIR/validation/``: ``CASE.nii.gz`` (labels), ``CASE.npz`` (float16
+probabilities ``(K, X, Y, Z)`` in the original grid), ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.core.volume import Volume
+from medseg.dataset.layout import load_dataset
+from medseg.inference.sliding_window import predict_probabilities
+from medseg.io.atomic import atomic_path, write_text_atomic
+from medseg.io.preprocessed import open_case_arrays, read_case_record
+from medseg.io.volumes import read_volume, write_volume
+from medseg.nets.device import resolve_device
+from medseg.preprocessing.pipeline import to_original
+from medseg.training.augment import settings_for_patch
+from medseg.training.checkpoint import load_checkpoint, load_weights, model_weights
+from medseg.training.loop import FINAL, TrainSettings, fold_cases
+from medseg.training.model import build_model, set_deep_supervision
+
+log = logging.getLogger(__name__)
+
+#: Tiles per forward pass: about 3.5x faster per tile than one at a time on CPU.
+TILE_BATCH = 4
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict[int, float]:
+    """Dice of each label; NaN where the label is in neither map."""
+    scores = {}
+    for c in labels:
+        p, r = pred == c, ref == c
+        denom = p.sum() + r.sum()
+        scores[c] = float(2 * np.logical_and(p, r).sum() / denom) if denom else float("nan")
+    return scores
+
+
+def save_probabilities(path: Path, probabilities: np.ndarray, affine: np.ndarray) -> None:
+    """float16 probabilities ``(K, X, Y, Z)`` and their affine, compressed, atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probabilities=probabilities.astype(np.float16), affine=affine)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _reference(case_id: str, dataset, preprocessed: Path, record: dict) -> Volume:
+    if dataset is not None:
+        return read_volume(dataset.case(case_id).label, "label")
+    _, seg = open_case_arrays(preprocessed, case_id)
+    return to_original(np.asarray(seg[:]), record)
+
+
+def validate_fold(
+    model_dir: Path,
+    plans: dict,
+    splits: dict,
+    preprocessed: Path,
+    settings: TrainSettings,
+    *,
+    dataset: Path | None = None,
+    mirroring: bool = True,
+    checkpoint: str = FINAL,
+) -> dict:
+    """Predict and score the validation cases of the fold; returns the metrics summary."""
+    from medseg.io.preprocessed import case_ids
+
+    model_dir, preprocessed = Path(model_dir), Path(preprocessed)
+    tensors, document = load_checkpoint(model_dir / f"{checkpoint}.safetensors")
+    config = document["state"]["configuration"]
+    labels = [v for v, _ in plans["labels"] if v != 0]
+    names = {v: n for v, n in plans["labels"]}
+    network = build_model(config, len(plans["channel_names"]), len(plans["labels"]), 0)
+    load_weights(network, model_weights(tensors))
+    set_deep_supervision(network, False)
+    device = resolve_device(settings.device)
+    network.to(device).eval()
+    patch = tuple(config["patch_size"])
+    mirror = settings_for_patch(patch).mirror_axes if mirroring else ()
+    spec = load_dataset(dataset) if dataset is not None else None
+    _, val_ids = fold_cases(splits, settings.fold, case_ids(preprocessed))
+    folder = model_dir / "validation"
+    per_case = {}
+    for case_id in val_ids:
+        record = read_case_record(preprocessed, case_id)
+        data, _ = open_case_arrays(preprocessed, case_id)
+        with torch.no_grad():
+            probs = predict_probabilities(network, np.asarray(data[:]), patch, step=0.5,
+                                          mirror_axes=mirror, tile_batch=TILE_BATCH,
+                                          device=device)  # fmt: skip
+        probs = to_original(probs.numpy(), record)
+        label = Volume.label(probs.array.argmax(0).astype(np.uint8), probs.affine)
+        write_volume(label, folder / f"{case_id}.nii.gz")
+        save_probabilities(folder / f"{case_id}.npz", probs.array, probs.affine)
+        ref = _reference(case_id, spec, preprocessed, record)
+        per_case[case_id] = {names[c]: d for c, d in
+                             dice_per_class(label.array, ref.array, labels).items()}  # fmt: skip
+        log.info("validated %s: %s", case_id, per_case[case_id])
+    mean = {names[c]: float(np.nanmean([per_case[k][names[c]] for k in per_case]))
+            for c in labels}  # fmt: skip
+    summary = {"fold": settings.fold, "checkpoint": checkpoint, "mirroring": list(mirror),
+               "n_cases": len(per_case), "mean_dice": mean, "cases": per_case}  # fmt: skip
+    write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=1) + "\n")
+    return summary
