@@ -56,6 +56,8 @@ def test_tiny_plan_learns(tiny, tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.05
     for name in ("checkpoint_latest", "checkpoint_best", "checkpoint_final"):
         assert (tmp_path / "m" / f"{name}.safetensors").exists()
+        meta = json.loads((tmp_path / "m" / f"{name}.json").read_text())
+        assert meta["settings"]["seed"] == 0 and meta["configuration"]["patch_size"] == [8, 32, 32]
     assert (tmp_path / "m" / "progress.png").stat().st_size > 1000
     assert history[1]["learning_rate"] < history[0]["learning_rate"] == 0.02
 

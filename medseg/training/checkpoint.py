@@ -3,7 +3,8 @@
 A checkpoint is one safetensors file: tensors (``model/...`` weights,
 ``optim/...`` optimizer buffers, ``rng/...`` generator states) plus a JSON
 document of everything else (epoch, learning rate, loss-scaler state, EMA,
-settings) in the safetensors header. It is written to a temporary file and
+settings) in the safetensors header; a readable copy of that metadata is
+written beside it as ``NAME.json``. It is written to a temporary file and
 renamed, so a crash never leaves a half-written checkpoint. Pickle-based files
 (``torch.save``) are never unpickled: they are read only with
 ``torch.load(weights_only=True)``, and anything that needs more is refused.
@@ -20,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from medseg.core.errors import MedsegError
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, write_text_atomic
 
 STATE_KEY = "medseg"
 
@@ -92,6 +93,9 @@ def save_checkpoint(
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(document)})
+    # a readable copy of the metadata beside it (the safetensors header stays the truth)
+    readable = {k: v for k, v in state.items() if k != "history"}
+    write_text_atomic(path.with_suffix(".json"), json.dumps(readable, indent=1) + "\n")
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
