@@ -101,3 +101,14 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch
 def test_label_volume_rejected_for_dicom_folder(dicom_dir):
     with pytest.raises(MedsegError, match="cannot be read as a label"):
         read_volume(dicom_dir / "mr_hippocampus_crop_study1", Kind.LABEL)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "readable.nii.gz"
+    write_volume(Volume.image(np.zeros((2, 2, 2), np.int16), np.eye(4)), path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
