@@ -130,6 +130,14 @@ def select_series(folder: Path, series: list[SeriesFiles], uid: str | None) -> S
     return series[0]
 
 
+def _sop_uid(ds: pydicom.Dataset) -> str:
+    """SOPInstanceUID, from the file meta header when an anonymiser emptied the dataset's."""
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not uid and "file_meta" in dir(ds):
+        uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    return uid
+
+
 def _header_values(ds: pydicom.Dataset, path: Path, key: str, n: int) -> list[float]:
     value = ds.get(key)
     if value is None or len(value) != n:
@@ -208,7 +216,7 @@ def _read_single_frames(
         where=where,
     )
     files = tuple(sel.files[i] for i in stack.order)
-    sop_uids = tuple(str(sel.headers[i].SOPInstanceUID) for i in stack.order)
+    sop_uids = tuple(_sop_uid(sel.headers[i]) for i in stack.order)
     planes, syntax = [], ""
     for path in files:
         values_, syntax = _pixel_values(path)
@@ -244,7 +252,7 @@ def read_dicom_series(
     first = sel.headers[0]
     if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in sel.headers):
         volume, files = _read_multiframe(sel, where)
-        sop_uids = (str(first.SOPInstanceUID),)
+        sop_uids = (_sop_uid(first),)
         syntax = first.file_meta.TransferSyntaxUID.name
     else:
         volume, files, sop_uids, syntax = _read_single_frames(sel, where)
