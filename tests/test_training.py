@@ -16,15 +16,15 @@ import torch
 
 from medseg.dataset import load_dataset
 from medseg.fingerprint.extract import extract_fingerprint
-from medseg.planning.planner import PlannerSettings, plan_experiment
-from medseg.planning.splits import make_splits
-from medseg.prepare.preprocess import preprocess_dataset
-from medseg.training.checkpoint import (
+from medseg.nets.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_torch_weights,
     model_weights,
 )
+from medseg.planning.planner import PlannerSettings, plan_experiment
+from medseg.planning.splits import make_splits
+from medseg.prepare.preprocess import preprocess_dataset
 from medseg.training.data import CaseStore, forced_foreground, sample_batch
 from medseg.training.loop import TrainSettings, train
 

@@ -26,3 +26,31 @@ class GeometryError(MedsegError, ValueError):
 
 class DatasetError(MedsegError, ValueError):
     """A dataset folder or its ``dataset.json`` is malformed."""
+
+
+class InvalidCaseError(MedsegError, ValueError):
+    """A case failed the dataset checks during fingerprinting."""
+
+
+class CheckpointError(MedsegError, ValueError):
+    """A checkpoint is missing, damaged, or of a form medseg refuses to load."""
+
+
+class AugmentError(MedsegError, ValueError):
+    """Augmentation settings or batch tensors are inconsistent."""
+
+
+class ModelError(MedsegError, ValueError):
+    """A model folder is missing, incomplete or inconsistent."""
+
+
+class InferenceError(MedsegError, ValueError):
+    """Inputs to prediction are inconsistent (shapes, patch, network)."""
+
+
+class DicomSegError(MedsegError, ValueError):
+    """A DICOM-SEG cannot be written or read for these images."""
+
+
+class RecordError(MedsegError, ValueError):
+    """A record file is missing, malformed, or of the wrong kind or version."""

@@ -15,15 +15,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import RecordError
 
 FINGERPRINT_SCHEMA = ("medseg.fingerprint", 1)
 PLANS_SCHEMA = ("medseg.plans", 1)
 SPLITS_SCHEMA = ("medseg.splits", 1)
-
-
-class RecordError(MedsegError, ValueError):
-    """A record file is missing, malformed, or of the wrong kind or version."""
 
 
 def stamp(record: dict, schema: tuple[str, int]) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import InvalidCaseError, MedsegError
 from medseg.core.parallel import parallel_map
 from medseg.core.records import CaseFacts, Fingerprint
 from medseg.core.volume import Volume
@@ -46,10 +46,6 @@ class FingerprintSettings:
     seed: int = 1234
     skip_invalid: bool = False
     check: CheckSettings = CheckSettings()
-
-
-class InvalidCaseError(MedsegError, ValueError):
-    """A case failed the dataset checks during fingerprinting."""
 
 
 def intensity_stats(values: np.ndarray) -> dict:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import InferenceError
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ Tile = tuple[slice, ...]
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(tiles_done, tiles_total)`` after every batch of tiles."""
-
-
-class InferenceError(MedsegError, ValueError):
-    """Sliding-window settings do not fit the image or the network."""
 
 
 def tile_starts(

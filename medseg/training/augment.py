@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import AugmentError
 from medseg.preprocessing.crop import OUTSIDE
 
 #: nnU-Net's anisotropy threshold for dummy-2D augmentation of 3D patches.
@@ -39,10 +39,6 @@ _EPS = 1e-7
 Range = tuple[float, float]
 _RANGES = ("rotation", "scaling", "noise_variance", "blur_sigma", "brightness", "contrast")
 _RANGES += ("lowres_scale", "gamma")
-
-
-class AugmentError(MedsegError, ValueError):
-    """Augmentation settings or batch tensors are inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,15 @@ import torch
 from medseg.core.errors import MedsegError
 from medseg.core.records import resolve_configuration
 from medseg.io.preprocessed import case_ids
-from medseg.nets.device import resolve_device
-from medseg.training.augment import settings_for_patch
-from medseg.training.checkpoint import (
+from medseg.nets.checkpoint import (
     load_checkpoint,
     load_weights,
     model_weights,
     restore_optimizer,
     save_checkpoint,
 )
+from medseg.nets.device import resolve_device
+from medseg.training.augment import settings_for_patch
 from medseg.training.loader import (
     VALIDATION_STREAM,
     BatchSpec,

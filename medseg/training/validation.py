@@ -28,7 +28,7 @@ from medseg.io.volumes import read_volume, write_volume
 from medseg.nets.device import resolve_device
 from medseg.preprocessing.pipeline import to_original
 from medseg.training.augment import settings_for_patch
-from medseg.training.checkpoint import load_checkpoint, load_weights, model_weights
+from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
 from medseg.training.loop import FINAL, TrainSettings, fold_cases
 from medseg.training.model import build_model, set_deep_supervision
 

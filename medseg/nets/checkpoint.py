@@ -20,14 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import CheckpointError
 from medseg.io.atomic import atomic_path, write_text_atomic
 
 STATE_KEY = "medseg"
-
-
-class CheckpointError(MedsegError, ValueError):
-    """A checkpoint is missing, damaged, or of a form medseg refuses to load."""
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
