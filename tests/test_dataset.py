@@ -213,3 +213,11 @@ def test_three_injected_faults_give_exactly_three_problems(hippocampus, tmp_path
     assert "imagesTr/hippocampus_003.nii.gz" in m3 and "corrupt" in m3
     assert "value(s) [7] not declared" in m4
     assert "image shape" in m6 and "differ" in m6
+
+
+def test_label_values_must_be_consecutive(tmp_path):
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 3},
+            "file_ending": ".nii.gz"}  # fmt: skip
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="consecutive 0, 1, 2"):
+        load_dataset(tmp_path)

@@ -125,6 +125,11 @@ def _labels(raw: object, name_to_value: bool, where: str) -> tuple[tuple[int, st
         raise DatasetError(f"{where}: label values repeat: {values}")
     if values[0] != 0:
         raise DatasetError(f"{where}: labels must include background as 0, got {values}")
+    if values != list(range(len(values))):
+        raise DatasetError(
+            f"{where}: label values must be consecutive 0, 1, 2, ... (as nnU-Net requires), got "
+            f"{values}; renumber the labels in the files and in dataset.json"
+        )
     return tuple(pairs)
 
 
