@@ -66,6 +66,16 @@ class OrientationRecord:
         return self.axes == (0, 1, 2) and not any(self.flips)
 
 
+def identity_record(volume: Volume) -> OrientationRecord:
+    """A record that changes nothing (for pipelines that keep the stored axis order)."""
+    return OrientationRecord(
+        axes=(0, 1, 2),
+        flips=(False, False, False),
+        original_shape=volume.spatial_shape,
+        original_affine=tuple(tuple(float(v) for v in r) for r in volume.affine),
+    )
+
+
 def canonical_ornt(affine: np.ndarray) -> np.ndarray:
     """nibabel orientation array ``(3, 2)`` that takes ``affine``'s axes to RAS.
 

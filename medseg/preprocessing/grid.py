@@ -2,7 +2,9 @@
 
 nnU-Net v2 reads NIfTI (with reorientation) into this axis order, so working in
 it makes every per-axis decision directly comparable with nnU-Net's, and lets
-nnU-Net plans and models be used as they are.
+nnU-Net plans and models be used as they are. Models planned with nnU-Net's
+default SimpleITK reader saw volumes in their stored axis order instead (axes
+reversed, no reorientation): ``reorient=False`` reproduces that grid.
 """
 
 from __future__ import annotations
@@ -10,7 +12,20 @@ from __future__ import annotations
 import numpy as np
 
 from medseg.core.volume import Kind, Volume
-from medseg.geometry.orientation import OrientationRecord, from_canonical, to_canonical
+from medseg.geometry.orientation import (
+    OrientationRecord,
+    from_canonical,
+    identity_record,
+    to_canonical,
+)
+
+#: Plans readers that reorient to RAS (medseg's own plans say NibabelIOWithReorient).
+REORIENTING_READERS = ("NibabelIOWithReorient",)
+
+
+def reorients(plans: dict) -> bool:
+    """Whether the plans' image reader put volumes in canonical RAS orientation."""
+    return plans.get("image_reader_writer", REORIENTING_READERS[0]) in REORIENTING_READERS
 
 
 def reverse_spatial(array: np.ndarray) -> np.ndarray:
@@ -19,10 +34,12 @@ def reverse_spatial(array: np.ndarray) -> np.ndarray:
     return np.transpose(array, tuple(range(lead)) + (lead + 2, lead + 1, lead))
 
 
-def to_processing(volume: Volume) -> tuple[np.ndarray, tuple[float, ...], OrientationRecord]:
+def to_processing(
+    volume: Volume, reorient: bool = True
+) -> tuple[np.ndarray, tuple[float, ...], OrientationRecord]:
     """The array on the processing grid (``(C, S, A, R)`` or ``(S, A, R)``), its spacing
     in mm in that order, and the orientation record that undoes it."""
-    canonical, record = to_canonical(volume)
+    canonical, record = to_canonical(volume) if reorient else (volume, identity_record(volume))
     spacing = tuple(float(s) for s in reversed(canonical.spacing))
     return reverse_spatial(canonical.array), spacing, record
 

@@ -14,7 +14,7 @@ from medseg.core.records import resolve_configuration
 from medseg.core.volume import Kind, Volume
 from medseg.geometry.orientation import OrientationRecord
 from medseg.preprocessing.crop import crop_to_nonzero, uncrop
-from medseg.preprocessing.grid import from_processing, to_processing
+from medseg.preprocessing.grid import from_processing, reorients, to_processing
 from medseg.preprocessing.locations import sample_class_locations
 from medseg.preprocessing.normalize import normalize
 from medseg.preprocessing.resample import (
@@ -49,8 +49,9 @@ def preprocess_case(
     """
     config = resolve_configuration(plans, configuration)
     forward = plans["transpose_forward"]
-    data, spacing, orientation = to_processing(image)
-    seg = to_processing(label)[0] if label is not None else None
+    reorient = reorients(plans)
+    data, spacing, orientation = to_processing(image, reorient)
+    seg = to_processing(label, reorient)[0] if label is not None else None
     data = np.transpose(data, [0] + [a + 1 for a in forward])
     seg = np.transpose(seg, forward) if seg is not None else None
     spacing = tuple(spacing[a] for a in forward)
@@ -91,13 +92,15 @@ def _untranspose(array: np.ndarray, record: dict) -> np.ndarray:
     return np.transpose(array, list(range(lead)) + [lead + int(a) for a in backward])
 
 
-def to_original(prediction: np.ndarray, record: dict) -> Volume:
+def to_original(prediction: np.ndarray, record: dict, outside=None) -> Volume:
     """Map a prediction on the preprocessed grid back to the original file's grid.
 
     ``prediction`` is a label map ``(...)`` (integer; resampled per class,
-    linearly, as in preprocessing) or class probabilities ``(K, ...)`` (float;
-    resampled linearly, voxels outside the crop get background). Returns a label
-    or image :class:`Volume` with exactly the original shape and affine.
+    linearly, as in preprocessing) or per-class values ``(K, ...)`` (float:
+    probabilities or logits; resampled linearly). Voxels outside the crop get
+    background: label 0, or ``outside`` per class (default: probability 1 for
+    background, 0 for the rest). Returns a label or image :class:`Volume` with
+    exactly the original shape and affine.
     """
     args = (record["shape_after_crop"], record["spacing_after_resampling"],
             record["spacing_before_resampling"])  # fmt: skip
@@ -109,8 +112,10 @@ def to_original(prediction: np.ndarray, record: dict) -> Volume:
         label = uncrop(np.maximum(label, 0), box, full, fill=0)
         return from_processing(_untranspose(label, record), orientation, Kind.LABEL)
     probs = resample_probabilities(prediction, *args)
-    outside = np.zeros((probs.shape[0], 1, 1, 1), np.float32)
-    outside[0] = 1.0
-    expanded = np.broadcast_to(outside, (probs.shape[0], *full)).copy()
+    if outside is None:
+        outside = np.zeros(probs.shape[0], np.float32)
+        outside[0] = 1.0
+    fill = np.asarray(outside, np.float32).reshape(-1, 1, 1, 1)
+    expanded = np.broadcast_to(fill, (probs.shape[0], *full)).copy()
     expanded[(slice(None),) + tuple(slice(lo, hi) for lo, hi in box)] = probs
     return from_processing(_untranspose(expanded, record), orientation, Kind.IMAGE)
