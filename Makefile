@@ -12,7 +12,7 @@ DEMO_DATA := demo_data/MedsegDemo
 # pip on machines with an extra local index prints one warning per package; hide those
 PIP_FILTER := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-fast lint venv clean
+.PHONY: demo test test-fast lint venv clean tools
 
 venv: $(STAMP)
 
@@ -32,10 +32,22 @@ demo: $(STAMP) $(DEMO_DATA)/dataset.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 \
 		--configfile pipelines/config/demo.yaml
 
+# dciodvfy (Debian's dicom3tools) validates the DICOM-SEG files in the tests
+tools:
+	@command -v dciodvfy >/dev/null || { \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -qq dicom3tools >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq dicom3tools >/dev/null; }; \
+		elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+			sudo apt-get install -y -qq dicom3tools >/dev/null; \
+		else \
+			echo "note: install dicom3tools (dciodvfy) to run the DICOM-SEG checks"; \
+		fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check medseg tests datasets benchmarks
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
