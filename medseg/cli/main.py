@@ -14,6 +14,7 @@ from medseg.cli import (
     fingerprint,
     info,
     plan,
+    predict,
     preprocess,
     split,
     summary,
@@ -22,7 +23,18 @@ from medseg.cli import (
 from medseg.cli.console import err, setup_logging
 from medseg.core.errors import MedsegError
 
-COMMANDS = (info, check, convert, fingerprint, plan, split, preprocess, train, summary)
+COMMANDS = (
+    info,
+    check,
+    convert,
+    fingerprint,
+    plan,
+    split,
+    preprocess,
+    train,
+    predict,
+    summary,
+)
 
 DESCRIPTION = """\
 medseg: self-configuring 3D medical image segmentation (the nnU-Net method),

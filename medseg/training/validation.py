@@ -11,7 +11,6 @@ probabilities ``(K, X, Y, Z)`` in the original grid), ``metrics.json``.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -21,14 +20,16 @@ import torch
 
 from medseg.core.volume import Volume
 from medseg.dataset.layout import load_dataset
-from medseg.inference.sliding_window import predict_probabilities
-from medseg.io.atomic import atomic_path, write_text_atomic
+from medseg.inference.predict import probabilities_on_original_grid
+from medseg.inference.sliding_window import predict_logits
+from medseg.io.atomic import write_text_atomic
 from medseg.io.preprocessed import open_case_arrays, read_case_record
+from medseg.io.probabilities import save_probabilities
 from medseg.io.volumes import read_volume, write_volume
+from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
 from medseg.nets.device import resolve_device
 from medseg.preprocessing.pipeline import to_original
 from medseg.training.augment import settings_for_patch
-from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
 from medseg.training.loop import FINAL, TrainSettings, fold_cases
 from medseg.training.model import build_model, set_deep_supervision
 
@@ -46,14 +47,6 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict
         denom = p.sum() + r.sum()
         scores[c] = float(2 * np.logical_and(p, r).sum() / denom) if denom else float("nan")
     return scores
-
-
-def save_probabilities(path: Path, probabilities: np.ndarray, affine: np.ndarray) -> None:
-    """float16 probabilities ``(K, X, Y, Z)`` and their affine, compressed, atomically."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, probabilities=probabilities.astype(np.float16), affine=affine)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
 
 
 def _reference(case_id: str, dataset, preprocessed: Path, record: dict) -> Volume:
@@ -97,10 +90,16 @@ def validate_fold(
         record = read_case_record(preprocessed, case_id)
         data, _ = open_case_arrays(preprocessed, case_id)
         with torch.no_grad():
-            probs = predict_probabilities(network, np.asarray(data[:]), patch, step=0.5,
-                                          mirror_axes=mirror, tile_batch=TILE_BATCH,
-                                          device=device)  # fmt: skip
-        probs = to_original(probs.numpy(), record)
+            logits = predict_logits(
+                network,
+                np.asarray(data[:]),
+                patch,
+                step=0.5,
+                mirror_axes=mirror,
+                tile_batch=TILE_BATCH,
+                device=device,
+            )
+        probs = probabilities_on_original_grid(logits.numpy(), record)
         label = Volume.label(probs.array.argmax(0).astype(np.uint8), probs.affine)
         write_volume(label, folder / f"{case_id}.nii.gz")
         save_probabilities(folder / f"{case_id}.npz", probs.array, probs.affine)

@@ -1,0 +1,107 @@
+"""``medseg predict``: segment scans, DICOM series or whole hospital folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medseg.cli.console import add_command, err, out
+
+HELP = "segment volumes or DICOM series with a trained model (NIfTI and DICOM-SEG out)"
+EPILOG = """\
+INPUT may be volume files (.nii.gz, .nii, .nrrd, .mha), DICOM series folders, or
+folders of many studies: every DICOM series found below them is one case. Each
+label map has the input's own geometry (same shape and affine; for DICOM, the
+series' geometry); DICOM inputs also get a DICOM-SEG referencing the series.
+Outputs are written atomically. A case that fails is recorded in
+OUTDIR/manifest.jsonl with the reason and the batch goes on; the exit code is 1
+if any case failed. --skip-existing makes an interrupted batch resumable.
+
+MODEL is a medseg model folder or an nnU-Net v2 results folder
+(Trainer__Plans__Configuration with fold_*/checkpoint_final.pth).
+
+Examples:
+  medseg predict -m models/hippocampus -i scan.nii.gz -o out/
+  medseg predict -m models/hippocampus -i /pacs/export/ -o out/ --skip-existing
+  medseg predict -m nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres \\
+      -i /data/study1 -o out/ --formats nifti dicom-seg probabilities --folds 0 1
+"""
+
+
+def _fold(text: str):
+    return text if text == "all" else int(text)
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "predict", HELP, EPILOG, run)
+    p.add_argument("-m", "--model", type=Path, required=True, metavar="MODEL")
+    p.add_argument("-i", "--input", type=Path, nargs="+", required=True, metavar="INPUT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument(
+        "--no-mirroring", action="store_true", help="no mirroring test-time augmentation"
+    )
+    p.add_argument(
+        "--step", type=float, default=0.5, help="sliding-window step, fraction of a patch"
+    )
+    p.add_argument("--folds", type=_fold, nargs="+", metavar="K", help="use only these folds")
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["nifti", "dicom-seg"],
+        choices=("nifti", "dicom-seg", "probabilities"),
+        help="outputs (default: nifti dicom-seg; dicom-seg only for DICOM inputs)",
+    )
+    p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default: 4)")
+    p.add_argument("--skip-existing", action="store_true", help="skip cases whose outputs exist")
+
+
+def _summary_table(records: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="medseg predict")
+    for col in ("case", "status", "seconds", "detail"):
+        table.add_column(col)
+    for r in records:
+        style = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
+        seconds = sum(r.get("seconds", {}).values())
+        detail = r["error"] or ", ".join(Path(p).name for p in r.get("outputs", {}).values())
+        table.add_row(r["case_id"] or r["input"], f"[{style}]{r['status']}[/]", f"{seconds:.1f}",
+                      detail)  # fmt: skip
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from medseg.inference.batch import BatchSettings, discover_inputs, run_batch
+    from medseg.inference.bundle import load_model
+    from medseg.inference.predict import PredictOptions
+    from medseg.nets.device import resolve_device
+
+    device = resolve_device(args.device)
+    bundle = load_model(args.model, device, args.folds)
+    cases, unusable = discover_inputs(args.input)
+    options = PredictOptions(step=args.step, mirroring=not args.no_mirroring,
+                             tile_batch=args.tile_batch, device=str(device))  # fmt: skip
+    settings = BatchSettings(formats=tuple(args.formats), skip_existing=args.skip_existing)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
+    with bar:
+        overall = bar.add_task("cases", total=len(cases))
+        tiles = bar.add_task("tiles", total=None)
+
+        def on_tiles(done: int, total: int) -> None:
+            bar.update(tiles, completed=done, total=total)
+
+        def on_case(record: dict) -> None:
+            bar.update(overall, advance=1)
+            bar.reset(tiles)
+
+        result = run_batch(bundle, cases, args.output, options, settings, unusable=unusable,
+                           on_case=on_case, progress=on_tiles)  # fmt: skip
+    out.print(_summary_table(result.records))
+    counts = {s: sum(r["status"] == s for r in result.records) for s in ("ok", "skipped", "failed")}
+    out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+              f"manifest: {args.output / 'manifest.jsonl'}", highlight=False)  # fmt: skip
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,179 @@
+"""Deployable model folders: what ``medseg predict`` needs, and nothing else.
+
+A medseg model folder::
+
+    MODEL/model.json                      what to run: members (configuration + folds, a
+                                          cascade's previous stage), postprocessing, labels,
+                                          channels, medseg version
+    MODEL/plans.json                      the plans the networks were trained with
+    MODEL/<configuration>/fold_<k>.safetensors   weights (+ readable .json metadata)
+
+One member is a single configuration (its folds averaged); two members are an
+ensemble of configurations (probabilities averaged). A cascade member names its
+previous stage, whose folds live in the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medseg import __version__
+from medseg.core.errors import ModelError
+from medseg.core.records import RecordError, check_schema, read_record, resolve_configuration, stamp
+
+MODEL_SCHEMA = ("medseg.model", 1)
+PLANS_SCHEMA_NAME = "medseg.plans"
+
+
+@dataclass
+class Member:
+    """One configuration of a model, with its fold networks loaded."""
+
+    configuration: str
+    config: dict
+    folds: list[int | str]
+    networks: list = field(default_factory=list)
+    mirror_axes: tuple[int, ...] = ()
+    previous: Member | None = None
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model: plans, labels, members with networks, postprocessing."""
+
+    root: Path
+    plans: dict
+    labels: list[tuple[int, str]]
+    channel_names: list[str]
+    members: list[Member]
+    postprocessing: dict | None
+    meta: dict
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return {v: n for v, n in self.labels}
+
+
+def default_mirror_axes(config: dict) -> tuple[int, ...]:
+    """nnU-Net's test-time mirroring axes: all spatial axes of the patch."""
+    return tuple(range(len(config["patch_size"])))
+
+
+def export_model(
+    out: Path,
+    plans: dict,
+    members: list[dict],
+    checkpoints: dict[str, dict],
+    *,
+    postprocessing: dict | None = None,
+    cross_validation: dict | None = None,
+) -> Path:
+    """Write a model folder (all or nothing: a temporary folder renamed at the end).
+
+    ``members``: e.g. ``[{"configuration": "3d_fullres", "folds": [0, 1]}]`` (a cascade
+    member adds ``"previous": {"configuration": "3d_lowres", "folds": [...]}``).
+    ``checkpoints[configuration][fold]``: the safetensors file to copy (weights and
+    metadata only are kept: it is copied as is; training state is small beside them).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        needed = _needed(members)
+        for configuration, folds in needed.items():
+            resolve_configuration(plans, configuration)
+            for fold in folds:
+                src = Path(checkpoints[configuration][fold])
+                dst = tmp / configuration / f"fold_{fold}.safetensors"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                if src.with_suffix(".json").exists():
+                    shutil.copyfile(src.with_suffix(".json"), dst.with_suffix(".json"))
+        record = stamp({
+            "medseg_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": "medseg",
+            "dataset_name": plans.get("dataset_name"),
+            "labels": plans["labels"],
+            "channel_names": plans["channel_names"],
+            "members": members,
+            "postprocessing": postprocessing,
+            "cross_validation": cross_validation,
+        }, MODEL_SCHEMA)  # fmt: skip
+        (tmp / "model.json").write_text(json.dumps(record, indent=1) + "\n")
+        (tmp / "plans.json").write_text(json.dumps(plans, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _needed(members: list[dict]) -> dict[str, list]:
+    needed: dict[str, list] = {}
+    for m in members:
+        for part in (m, m.get("previous")):
+            if part:
+                needed.setdefault(part["configuration"], [])
+                needed[part["configuration"]] += [
+                    f for f in part["folds"] if f not in needed[part["configuration"]]
+                ]
+    return needed
+
+
+def _load_member(root: Path, plans: dict, record: dict, folds, device) -> Member:
+    from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
+    from medseg.nets.unet import build_network
+
+    configuration = record["configuration"]
+    config = resolve_configuration(plans, configuration)
+    use = [f for f in record["folds"] if folds is None or f in folds]
+    if not use:
+        raise ModelError(f"{root}: none of the folds {folds} exist for {configuration} "
+                         f"(available: {record['folds']})")  # fmt: skip
+    previous = None
+    n_in = len(plans["channel_names"])
+    if record.get("previous"):
+        previous = _load_member(root, plans, record["previous"], folds, device)
+        n_in += len(plans["labels"]) - 1  # the previous stage's one-hot foreground
+    member = Member(configuration, config, use, mirror_axes=default_mirror_axes(config),
+                    previous=previous)  # fmt: skip
+    for fold in use:
+        path = root / configuration / f"fold_{fold}.safetensors"
+        network = build_network(config["architecture"], n_in, len(plans["labels"]))
+        load_weights(network, model_weights(load_checkpoint(path)[0]))
+        member.networks.append(network.to(device).eval())
+    return member
+
+
+def load_model(path: Path, device="cpu", folds: list | None = None) -> ModelBundle:
+    """Load a medseg model folder or an nnU-Net v2 results folder (Trainer__Plans__Config)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelError(f"{root}: not a model folder")
+    if not (root / "model.json").exists():
+        if (root / "plans.json").exists() and (root / "dataset.json").exists():
+            from medseg.inference.nnunet_model import load_nnunet_model
+
+            return load_nnunet_model(root, device, folds)
+        raise ModelError(
+            f"{root}: no model.json; expected a medseg model folder (made by 'medseg select' "
+            "or 'medseg export') or an nnU-Net v2 results folder (plans.json, dataset.json, "
+            "fold_*/checkpoint_final.pth)"
+        )
+    try:
+        meta = read_record(root / "model.json", MODEL_SCHEMA)
+        plans = json.loads((root / "plans.json").read_text(encoding="utf-8"))
+        check_schema(plans, (PLANS_SCHEMA_NAME, 1), str(root / "plans.json"))
+    except (RecordError, OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{root}: unreadable model folder: {e}") from e
+    members = [_load_member(root, plans, m, folds, device) for m in meta["members"]]
+    return ModelBundle(root, plans, [tuple(x) for x in meta["labels"]], list(meta["channel_names"]),
+                       members, meta.get("postprocessing"), meta)  # fmt: skip

@@ -1,0 +1,118 @@
+"""Predict one volume with a model bundle: folds, configurations, cascade, postprocessing.
+
+Within a configuration the folds' logits are averaged on the preprocessed grid
+(nnU-Net's order), resampled back to the input's grid, then turned into
+probabilities; configurations of an ensemble are averaged as probabilities on
+the input's grid. A cascade member first predicts its previous stage and feeds
+that segmentation, one-hot, as extra input channels. The result has exactly the
+input's shape and affine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medseg.core.volume import Kind, Volume
+from medseg.inference.bundle import Member, ModelBundle
+from medseg.inference.sliding_window import predict_logits
+from medseg.preprocessing.pipeline import preprocess_case, to_original
+
+log = logging.getLogger(__name__)
+
+#: Logit given to foreground classes outside the cropped region (background wins).
+OUTSIDE_LOGIT = -1e4
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run the sliding window (nnU-Net's defaults)."""
+
+    step: float = 0.5
+    mirroring: bool = True
+    tile_batch: int = 4
+    device: str = "cpu"
+    amp: bool = True
+
+
+def _input_with_previous(member: Member, image: Volume, bundle: ModelBundle, options, progress):
+    """Preprocessed input of ``member``; for a cascade, with the previous stage one-hot."""
+    rng = np.random.default_rng(0)  # no label: nothing is sampled
+    if member.previous is None:
+        data, _, record, _ = preprocess_case(image, None, bundle.plans, member.configuration, rng)
+        return data, record
+    previous = predict_member(member.previous, image, bundle, options, progress)
+    prev_label = Volume.label(previous.array.argmax(0).astype(np.uint8), previous.affine)
+    data, seg, record, _ = preprocess_case(image, prev_label, bundle.plans, member.configuration,
+                                           rng)  # fmt: skip
+    foreground = [v for v, _ in bundle.labels if v != 0]
+    onehot = np.stack([(seg == v) for v in foreground]).astype(np.float32)
+    return np.concatenate([data, onehot]), record
+
+
+def predict_member(
+    member: Member,
+    image: Volume,
+    bundle: ModelBundle,
+    options: PredictOptions = PredictOptions(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Volume:
+    """Class probabilities ``(K, X, Y, Z)`` of one configuration, on the input's grid."""
+    data, record = _input_with_previous(member, image, bundle, options, progress)
+    mirror = member.mirror_axes if options.mirroring else ()
+    logits = None
+    for network in member.networks:
+        out = predict_logits(network, data, member.config["patch_size"], step=options.step,
+                             mirror_axes=mirror, tile_batch=options.tile_batch,
+                             device=options.device, amp=options.amp, progress=progress)  # fmt: skip
+        logits = out if logits is None else logits + out
+    return probabilities_on_original_grid((logits / len(member.networks)).numpy(), record)
+
+
+def probabilities_on_original_grid(logits: np.ndarray, record: dict) -> Volume:
+    """Logits ``(K, ...)`` on the preprocessed grid -> probabilities on the original grid.
+
+    As nnU-Net: resample the logits (linearly, slice-wise where anisotropic), then
+    softmax; outside the cropped region background wins.
+    """
+    outside = np.full((logits.shape[0],), OUTSIDE_LOGIT, np.float32)
+    outside[0] = 0.0
+    back = to_original(logits, record, outside=outside)
+    probs = torch.softmax(torch.from_numpy(back.array), dim=0).numpy()
+    return Volume(probs, back.affine, Kind.IMAGE)
+
+
+def predict_volume(
+    bundle: ModelBundle,
+    image: Volume,
+    options: PredictOptions = PredictOptions(),
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Volume, Volume]:
+    """Probabilities ``(K, X, Y, Z)`` and the postprocessed label map ``(X, Y, Z)``.
+
+    Both have ``image``'s exact shape and affine.
+    """
+    if image.n_channels != len(bundle.channel_names):
+        from medseg.core.errors import MedsegError
+
+        raise MedsegError(
+            f"the model expects {len(bundle.channel_names)} channel(s) "
+            f"({', '.join(bundle.channel_names)}), the input has {image.n_channels}"
+        )
+    probs = None
+    for member in bundle.members:
+        p = predict_member(member, image, bundle, options, progress).array
+        probs = p if probs is None else probs + p
+    probs = probs / len(bundle.members)
+    label = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+    if bundle.postprocessing:
+        from medseg.evaluation.postprocessing import apply_postprocessing
+
+        label = apply_postprocessing(label, bundle.postprocessing)
+    return Volume(probs.astype(np.float32), image.affine, Kind.IMAGE), Volume.label(
+        label, image.affine
+    )

@@ -1,0 +1,164 @@
+"""medseg predict with medseg models: geometry, ensembles, cascade, batch manifest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.dataset import load_dataset
+from medseg.fingerprint.extract import extract_fingerprint
+from medseg.inference.bundle import ModelError, export_model, load_model
+from medseg.inference.predict import PredictOptions, predict_volume
+from medseg.io import read_volume
+from medseg.io.probabilities import load_probabilities
+from medseg.nets.checkpoint import save_checkpoint
+from medseg.nets.unet import build_network
+from medseg.planning.planner import PlannerSettings, plan_experiment
+from medseg.planning.splits import make_splits
+from medseg.prepare.preprocess import preprocess_dataset
+from medseg.training.loop import TrainSettings, train
+
+TINY = PlannerSettings(gpu_memory_gb=0.5, base_features=4, configurations=("2d", "3d_fullres"),
+                       patch_size={"3d_fullres": (8, 32, 32), "2d": (32, 32)})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_dataset):
+    """Tiny 3d_fullres (folds 0, 1) and 2d (fold 0) models trained on the demo data."""
+    root = tmp_path_factory.mktemp("trained")
+    spec = load_dataset(demo_dataset)
+    plans = plan_experiment(extract_fingerprint(spec), TINY)
+    splits = make_splits([c.case_id for c in spec.training], 2, seed=0)
+    checkpoints: dict = {}
+    for config, folds in (("3d_fullres", (0, 1)), ("2d", (0,))):
+        preprocess_dataset(spec, plans, config, root / "pre" / config)
+        for fold in folds:
+            out = root / config / f"fold_{fold}"
+            settings = TrainSettings(config, fold, device="cpu", epochs=2, iterations=6,
+                                     val_iterations=1, workers=0)  # fmt: skip
+            train(plans, splits, root / "pre" / config, out, settings)
+            checkpoints.setdefault(config, {})[fold] = out / "checkpoint_final.safetensors"
+    return root, plans, checkpoints
+
+
+def medseg(*args):
+    return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_predict_files_keeps_input_geometry(trained, demo_dataset, tmp_path):
+    root, plans, ckpt = trained
+    model = export_model(tmp_path / "model", plans,
+                         [{"configuration": "3d_fullres", "folds": [0, 1]}], ckpt)  # fmt: skip
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["schema"] == "medseg.model" and meta["medseg_version"]
+    out = tmp_path / "out"
+    r = medseg("predict", "-m", model, "-i", demo_dataset / "imagesTs", tmp_path / "missing.nii.gz",
+               "-o", out, "--formats", "nifti", "probabilities", "--device", "cpu")  # fmt: skip
+    assert r.returncode == 1, r.stderr  # the missing input counts as a failure
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in lines] == ["failed", "ok", "ok"]
+    assert lines[0]["error"] == "not found" and set(lines[1]["seconds"]) == {"read", "predict",
+                                                                             "write"}  # fmt: skip
+    for case in ("demo_100", "demo_101"):
+        source = nib.load(demo_dataset / "imagesTs" / f"{case}.nii.gz")
+        label = nib.load(out / f"{case}.nii.gz")
+        assert label.shape == source.shape and np.allclose(label.affine, source.affine)
+        probs, affine = load_probabilities(out / f"{case}_probabilities.npz")
+        assert probs.shape == (3, *source.shape) and np.allclose(affine, source.affine)
+        labels = np.asanyarray(label.dataobj)
+        differ = probs.argmax(0) != labels  # only at ties within float16 storage precision
+        top = np.take_along_axis(probs, labels[None].astype(np.int64), 0)[0]
+        assert np.all(probs.max(0)[differ] - top[differ] <= 2e-3)
+    # resumable: a second run skips both cases and leaves their files alone
+    stamp = (out / "demo_100.nii.gz").stat().st_mtime_ns
+    r = medseg(
+        "predict",
+        "-m",
+        model,
+        "-i",
+        demo_dataset / "imagesTs",
+        "-o",
+        out,
+        "--formats",
+        "nifti",
+        "probabilities",
+        "--skip-existing",
+        "--device",
+        "cpu",
+    )
+    assert r.returncode == 0 and "2 skipped" in r.stdout
+    assert (out / "demo_100.nii.gz").stat().st_mtime_ns == stamp
+
+
+def test_folds_and_configuration_ensemble(trained, demo_dataset):
+    root, plans, ckpt = trained
+    image = read_volume(demo_dataset / "imagesTs" / "demo_100.nii.gz")
+    single = export_model(root / "m_single", plans,
+                          [{"configuration": "3d_fullres", "folds": [0, 1]}], ckpt)  # fmt: skip
+    ensemble = export_model(
+        root / "m_ens",
+        plans,
+        [{"configuration": "3d_fullres", "folds": [0, 1]}, {"configuration": "2d", "folds": [0]}],
+        ckpt,
+    )
+    options = PredictOptions(mirroring=False)
+    p_fold0, _ = predict_volume(load_model(single, folds=[0]), image, options)
+    p_both, _ = predict_volume(load_model(single), image, options)
+    p_2d, _ = predict_volume(load_model(ensemble, folds=[0]), image, options)
+    assert not np.allclose(p_fold0.array, p_both.array)
+    assert np.allclose(p_both.array.sum(0), 1, atol=1e-4)
+    ens_bundle = load_model(ensemble)
+    assert [m.configuration for m in ens_bundle.members] == ["3d_fullres", "2d"]
+    p_ens, label = predict_volume(ens_bundle, image, options)
+    only_2d = predict_volume(load_model(ensemble, folds=[0]), image, options)[0]
+    assert np.allclose(p_ens.array, (p_both.array + 0.0) / 2 + (p_ens.array - p_both.array / 2),
+                       atol=1e-5)  # fmt: skip
+    assert p_2d.array.shape == only_2d.array.shape == p_ens.array.shape
+    assert label.array.shape == image.spatial_shape
+    with pytest.raises(ModelError, match="none of the folds"):
+        load_model(single, folds=[7])
+
+
+def test_cascade_feeds_the_previous_stage(trained, demo_dataset, tmp_path):
+    """Mechanics of a cascade: the full-resolution stage gets the low-resolution
+    stage's segmentation, one-hot, as extra input channels."""
+    root, plans, ckpt = trained
+    plans = json.loads(json.dumps(plans))
+    full = plans["configurations"]["3d_fullres"]
+    low = {**full, "spacing": [s * 1.5 for s in full["spacing"]],
+           "data_identifier": "x_3d_lowres", "next_stage": "3d_cascade_fullres"}  # fmt: skip
+    plans["configurations"]["3d_lowres"] = low
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres",
+                                                     "previous_stage": "3d_lowres"}  # fmt: skip
+    n_classes = len(plans["labels"])
+    cascade_net = build_network(full["architecture"], 1 + n_classes - 1, n_classes)
+    save_checkpoint(tmp_path / "cascade.safetensors", cascade_net, {"configuration": full})
+    checkpoints = {"3d_lowres": {0: ckpt["3d_fullres"][0]},
+                   "3d_cascade_fullres": {0: tmp_path / "cascade.safetensors"}}  # fmt: skip
+    model = export_model(tmp_path / "cascade", plans, [{
+        "configuration": "3d_cascade_fullres", "folds": [0],
+        "previous": {"configuration": "3d_lowres", "folds": [0]}}], checkpoints)  # fmt: skip
+    bundle = load_model(model)
+    member = bundle.members[0]
+    assert member.previous.configuration == "3d_lowres"
+    first_conv = next(m for m in member.networks[0].modules() if isinstance(m, torch.nn.Conv3d))
+    assert first_conv.in_channels == n_classes  # image + (n_classes - 1) one-hot channels
+    image = read_volume(demo_dataset / "imagesTs" / "demo_101.nii.gz")
+    probs, label = predict_volume(bundle, image, PredictOptions(mirroring=False))
+    assert probs.array.shape == (n_classes, *image.spatial_shape)
+    assert np.array_equal(label.affine, image.affine)
+
+
+def test_model_folder_errors(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no model.json"):
+        load_model(tmp_path / "empty")
