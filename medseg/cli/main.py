@@ -11,6 +11,7 @@ from medseg import __version__
 from medseg.cli import (
     check,
     convert,
+    evaluate,
     fingerprint,
     info,
     plan,
@@ -33,6 +34,7 @@ COMMANDS = (
     preprocess,
     train,
     predict,
+    evaluate,
     summary,
 )
 
@@ -52,6 +54,8 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg preprocess DATASET plans.json --config 3d_fullres -o preprocessed/3d_fullres
   medseg train preprocessed/3d_fullres plans.json splits.json --config 3d_fullres \
       --fold 0 -o models/3d_fullres/fold_0
+  medseg evaluate predictions/ labels/          Dice, HD95, NSD per class and case
+  medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/
 
 Run 'medseg COMMAND --help' for the options of each command.
 """

@@ -54,3 +54,7 @@ class DicomSegError(MedsegError, ValueError):
 
 class RecordError(MedsegError, ValueError):
     """A record file is missing, malformed, or of the wrong kind or version."""
+
+
+class EvaluationError(MedsegError, ValueError):
+    """Predictions and references cannot be evaluated together (missing, mismatched)."""

@@ -20,6 +20,7 @@ import torch
 
 from medseg.core.volume import Volume
 from medseg.dataset.layout import load_dataset
+from medseg.evaluation.metrics import dice_per_label
 from medseg.inference.predict import probabilities_on_original_grid
 from medseg.inference.sliding_window import predict_logits
 from medseg.io.atomic import write_text_atomic
@@ -37,16 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Tiles per forward pass: about 3.5x faster per tile than one at a time on CPU.
 TILE_BATCH = 4
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict[int, float]:
-    """Dice of each label; NaN where the label is in neither map."""
-    scores = {}
-    for c in labels:
-        p, r = pred == c, ref == c
-        denom = p.sum() + r.sum()
-        scores[c] = float(2 * np.logical_and(p, r).sum() / denom) if denom else float("nan")
-    return scores
 
 
 def _reference(case_id: str, dataset, preprocessed: Path, record: dict) -> Volume:
@@ -105,7 +96,7 @@ def validate_fold(
         save_probabilities(folder / f"{case_id}.npz", probs.array, probs.affine)
         ref = _reference(case_id, spec, preprocessed, record)
         per_case[case_id] = {names[c]: d for c, d in
-                             dice_per_class(label.array, ref.array, labels).items()}  # fmt: skip
+                             dice_per_label(label.array, ref.array, labels).items()}  # fmt: skip
         log.info("validated %s: %s", case_id, per_case[case_id])
     mean = {names[c]: float(np.nanmean([per_case[k][names[c]] for k in per_case]))
             for c in labels}  # fmt: skip

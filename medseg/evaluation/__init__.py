@@ -1,0 +1,1 @@
+"""Layer 3: metrics, cross-validation summaries, postprocessing choice."""

@@ -1,0 +1,275 @@
+"""nnU-Net's connected-component postprocessing, chosen on cross-validation predictions.
+
+The rule (nnU-Net v2 ``determine_postprocessing``), with Dice averaged over
+cases with NaN left out, and the foreground Dice the mean of those per-label
+means:
+
+1. Keep only the largest connected component of the whole foreground (all
+   labels as one object; voxels of other components become background). Accept
+   if the foreground Dice gets strictly better **and** no label's mean Dice gets
+   worse.
+2. Only if there are two or more labels: for each label in turn, on top of what
+   was accepted so far, keep only that label's largest component. Accept if
+   that label's mean Dice gets strictly better (the other labels cannot change:
+   only voxels of that label are removed).
+
+Components are 26-connected (full connectivity), as in nnU-Net, which labels
+them with ``skimage.measure.label`` (connectivity ``None``, via
+``acvl_utils.remove_all_but_largest_component``), not with cc3d. We use
+``scipy.ndimage.label`` with the full 3x3x3 structure: the same components.
+Components tied for the largest size are all kept, as in nnU-Net.
+
+The choice is a JSON-ready record; :func:`apply_postprocessing` applies it to
+a label map using nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.core.parallel import parallel_map
+from medseg.core.records import check_schema, stamp
+from medseg.evaluation.metrics import (
+    CasePair,
+    EvaluationError,
+    dice_per_label,
+    foreground_labels,
+    match_cases,
+    nanmean,
+    read_pair,
+    to_json_value,
+)
+
+log = logging.getLogger(__name__)
+
+#: Neighbourhood size -> ``ndimage.generate_binary_structure`` rank, for 3D arrays.
+CONNECTIVITY = {6: 1, 18: 2, 26: 3}
+#: nnU-Net's connectivity: full (skimage's default ``connectivity=None`` in 3D).
+NNUNET_CONNECTIVITY = 26
+METHOD = "keep_largest_component"
+POSTPROCESSING_SCHEMA = ("medseg.postprocessing", 1)
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    if connectivity not in CONNECTIVITY:
+        raise EvaluationError(
+            f"connectivity must be one of {sorted(CONNECTIVITY)}, got {connectivity}"
+        )
+    return ndimage.generate_binary_structure(3, CONNECTIVITY[connectivity])
+
+
+def _largest(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """Voxels of ``mask`` in its largest connected component(s); ties are all kept."""
+    structure = _structure(connectivity)
+    components, n = ndimage.label(mask, structure=structure)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())[1:]
+    keep = np.flatnonzero(sizes == sizes.max()) + 1
+    return np.isin(components, keep)
+
+
+def keep_largest_component(
+    label: np.ndarray,
+    classes: Sequence[int] | None,
+    *,
+    connectivity: int = NNUNET_CONNECTIVITY,
+) -> np.ndarray:
+    """Remove all but the largest connected component; removed voxels become background 0.
+
+    Parameters
+    ----------
+    label : np.ndarray
+        Label map ``(X, Y, Z)``; not modified.
+    classes : Sequence[int] or None
+        None: all foreground (``label != 0``) is one object, and only its largest
+        component is kept (whatever labels it holds). Otherwise each listed class
+        separately keeps only its own largest component.
+    connectivity : int
+        6, 18 or 26 (default, nnU-Net's) neighbours.
+
+    Returns
+    -------
+    np.ndarray
+        A new label map, same shape and dtype.
+    """
+    label = np.asarray(label)
+    if label.ndim != 3:
+        raise EvaluationError(f"a label map must be (X, Y, Z), got shape {label.shape}")
+    out = label.copy()
+    masks = [label != 0] if classes is None else [label == int(c) for c in classes]
+    for mask in masks:
+        out[mask & ~_largest(mask, connectivity)] = 0
+    return out
+
+
+def apply_postprocessing(label: np.ndarray, record: dict) -> np.ndarray:
+    """Apply the steps of a record from :func:`choose_postprocessing` to ``label`` ``(X, Y, Z)``.
+
+    Each step removes all but the largest component of the foreground (``classes``
+    null) or of each listed class. Returns a new array; ``label`` is not modified.
+
+    Every single step is idempotent, and so is the usual record. The sequence
+    "foreground, then a class" is not always: if removing a small component of
+    the class cuts the foreground in two, applying the record again removes the
+    smaller part. nnU-Net applies the same steps once, in the same order.
+    """
+    check_schema(record, POSTPROCESSING_SCHEMA, "postprocessing record")
+    steps = record.get("steps")
+    if not isinstance(steps, list):
+        raise EvaluationError("a postprocessing record needs a 'steps' list")
+    connectivity = record.get("connectivity", NNUNET_CONNECTIVITY)
+    out = np.asarray(label)
+    for step in steps:
+        if not isinstance(step, Mapping) or step.get("method", METHOD) != METHOD:
+            raise EvaluationError(f"unknown postprocessing step {step!r}; expected {METHOD!r}")
+        out = keep_largest_component(out, step.get("classes"), connectivity=connectivity)
+    return out if steps else out.copy()
+
+
+def _dice(p: np.ndarray, r: np.ndarray) -> float:
+    denom = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
+    return 2 * int(np.count_nonzero(p & r)) / denom if denom else math.nan
+
+
+def _candidate_dice(job: tuple[CasePair, tuple[int, ...], int]) -> dict:
+    """Dice of one case under every candidate of the rule (one read per case).
+
+    ``per_class[c]`` is label ``c``'s Dice after keeping its largest component of
+    the prediction as it is, ``fg_per_class[c]`` of the foreground-processed one.
+    """
+    pair, labels, connectivity = job
+    pred, ref, _ = read_pair(pair)
+    pred_fg = keep_largest_component(pred, None, connectivity=connectivity)
+    row = {
+        "case": pair.case,
+        "baseline": dice_per_label(pred, ref, labels),
+        "fg": dice_per_label(pred_fg, ref, labels),
+    }
+    if len(labels) > 1:
+        for key, source in (("per_class", pred), ("fg_per_class", pred_fg)):
+            row[key] = {}
+            for c in labels:
+                mask = source == c
+                row[key][c] = _dice(_largest(mask, connectivity), ref == c)
+    return row
+
+
+def _means(rows: Sequence[dict], key: str, labels: Sequence[int]) -> dict[int, float]:
+    return {c: nanmean([row[key][c] for row in rows]) for c in labels}
+
+
+def decide_postprocessing(rows: Sequence[dict], labels: Sequence[int], connectivity: int) -> dict:
+    """nnU-Net's decision from per-case candidate Dice (see the module docstring; pure).
+
+    Comparisons with NaN are false, as in nnU-Net: a label with no defined Dice
+    never blocks the foreground step and never gets a step of its own.
+    """
+    labels = [int(c) for c in labels]
+    before = _means(rows, "baseline", labels)
+    fg = _means(rows, "fg", labels)
+    fg_before, fg_after = nanmean(list(before.values())), nanmean(list(fg.values()))
+    worse = [c for c in labels if fg[c] < before[c]]
+    take_fg = fg_after > fg_before and not worse
+    trials = [_trial(None, fg_before, fg_after, take_fg, before, fg)]
+    steps = [{"method": METHOD, "classes": None}] if take_fg else []
+    current = dict(fg if take_fg else before)
+    if len(labels) > 1:
+        per_class = _means(rows, "fg_per_class" if take_fg else "per_class", labels)
+        for c in labels:
+            accepted = per_class[c] > current[c]
+            trials.append(_trial([c], current[c], per_class[c], accepted))
+            if accepted:
+                steps.append({"method": METHOD, "classes": [c]})
+                current[c] = per_class[c]
+    record = {
+        "method": METHOD,
+        "connectivity": connectivity,
+        "labels": labels,
+        "n_cases": len(rows),
+        "steps": steps,
+        "dice_before": fg_before,
+        "dice_after": nanmean(list(current.values())),
+        "mean_dice_before": before,
+        "mean_dice_after": current,
+        "trials": trials,
+    }
+    return to_json_value(stamp(record, POSTPROCESSING_SCHEMA))
+
+
+def _trial(
+    classes: list[int] | None,
+    before: float,
+    after: float,
+    accepted: bool,
+    per_before: dict[int, float] | None = None,
+    per_after: dict[int, float] | None = None,
+) -> dict:
+    trial = {"classes": classes, "dice_before": before, "dice_after": after, "accepted": accepted}
+    if per_before is not None:
+        trial["mean_dice_before"], trial["mean_dice_after"] = per_before, per_after
+    return trial
+
+
+def choose_postprocessing(
+    pred_dir: Path,
+    ref_dir: Path,
+    labels: Mapping[int, str],
+    *,
+    processes: int = 1,
+    file_ending: str = ".nii.gz",
+    connectivity: int = NNUNET_CONNECTIVITY,
+) -> dict:
+    """Choose connected-component postprocessing from cross-validation predictions.
+
+    Parameters
+    ----------
+    pred_dir, ref_dir : Path
+        All cross-validation predictions (every training case, predicted by the
+        fold that did not train on it) and the reference labels, ``CASE<file_ending>``.
+    labels : Mapping[int, str]
+        Label value -> name; background 0 is ignored.
+    processes : int
+        Cases read and scored in parallel.
+    file_ending : str
+        Suffix that selects the files.
+    connectivity : int
+        6, 18 or 26 (nnU-Net's) neighbours.
+
+    Returns
+    -------
+    dict
+        JSON-ready ``medseg.postprocessing`` record: ``steps`` (in order; each
+        ``{"method", "classes"}``, classes null for the whole foreground),
+        ``dice_before`` / ``dice_after``
+        (foreground mean Dice), per-label means, and every ``trials`` entry with
+        the numbers it was decided on. Apply it with :func:`apply_postprocessing`.
+    """
+    fg = tuple(foreground_labels(labels))
+    _structure(connectivity)  # fail early on a bad value
+    pairs = match_cases(pred_dir, ref_dir, file_ending)
+    n_refs = sum(1 for f in Path(ref_dir).iterdir() if f.name.endswith(file_ending))
+    if n_refs > len(pairs):
+        log.warning(
+            "%d of %d references have no prediction in %s: postprocessing should be chosen on "
+            "the predictions of all cross-validation folds",
+            n_refs - len(pairs),
+            n_refs,
+            pred_dir,
+        )
+    jobs = [(p, fg, connectivity) for p in pairs]
+    rows = list(parallel_map(_candidate_dice, jobs, processes))
+    record = decide_postprocessing(rows, fg, connectivity)
+    log.info(
+        "postprocessing: %d step(s), foreground Dice %.5f -> %.5f",
+        len(record["steps"]),
+        record["dice_before"] if record["dice_before"] is not None else math.nan,
+        record["dice_after"] if record["dice_after"] is not None else math.nan,
+    )
+    return record
