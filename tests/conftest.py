@@ -60,3 +60,48 @@ def demo_module():
 def demo_dataset(tmp_path_factory, demo_module) -> Path:
     """A small demo dataset (6 training, 2 test cases), generated once per session."""
     return demo_module.write_dataset(tmp_path_factory.mktemp("demo") / "Demo", 6, 2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory, demo_dataset):
+    """Tiny 3d_fullres and 2d models, two folds each, trained and fold-validated on the
+    demo data (seconds each on CPU). Returns (root, plans, splits, checkpoints) with
+    root/<config>/fold_<k>/ laid out as 'medseg train' writes it."""
+    from medseg.dataset import load_dataset
+    from medseg.fingerprint.extract import extract_fingerprint
+    from medseg.planning.planner import PlannerSettings, plan_experiment
+    from medseg.planning.splits import make_splits
+    from medseg.prepare.preprocess import preprocess_dataset
+    from medseg.training.loop import TrainSettings, train
+    from medseg.training.validation import validate_fold
+
+    root = tmp_path_factory.mktemp("demo_models")
+    spec = load_dataset(demo_dataset)
+    tiny = PlannerSettings(
+        gpu_memory_gb=0.5,
+        base_features=4,
+        configurations=("2d", "3d_fullres"),
+        patch_size={"3d_fullres": (8, 32, 32), "2d": (32, 32)},
+    )
+    plans = plan_experiment(extract_fingerprint(spec), tiny)
+    splits = make_splits([c.case_id for c in spec.training], 2, seed=0)
+    checkpoints: dict = {}
+    for config in ("3d_fullres", "2d"):
+        preprocess_dataset(spec, plans, config, root / "pre" / config)
+        for fold in (0, 1):
+            out = root / "models" / config / f"fold_{fold}"
+            settings = TrainSettings(
+                config, fold, device="cpu", epochs=2, iterations=6, val_iterations=1, workers=0
+            )
+            train(plans, splits, root / "pre" / config, out, settings)
+            validate_fold(
+                out,
+                plans,
+                splits,
+                root / "pre" / config,
+                settings,
+                dataset=demo_dataset,
+                mirroring=False,
+            )
+            checkpoints.setdefault(config, {})[fold] = out / "checkpoint_final.safetensors"
+    return root, plans, splits, checkpoints

@@ -11,39 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.dataset import load_dataset
-from medseg.fingerprint.extract import extract_fingerprint
 from medseg.inference.bundle import ModelError, export_model, load_model
 from medseg.inference.predict import PredictOptions, predict_volume
 from medseg.io import read_volume
 from medseg.io.probabilities import load_probabilities
 from medseg.nets.checkpoint import save_checkpoint
 from medseg.nets.unet import build_network
-from medseg.planning.planner import PlannerSettings, plan_experiment
-from medseg.planning.splits import make_splits
-from medseg.prepare.preprocess import preprocess_dataset
-from medseg.training.loop import TrainSettings, train
-
-TINY = PlannerSettings(gpu_memory_gb=0.5, base_features=4, configurations=("2d", "3d_fullres"),
-                       patch_size={"3d_fullres": (8, 32, 32), "2d": (32, 32)})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_dataset):
-    """Tiny 3d_fullres (folds 0, 1) and 2d (fold 0) models trained on the demo data."""
-    root = tmp_path_factory.mktemp("trained")
-    spec = load_dataset(demo_dataset)
-    plans = plan_experiment(extract_fingerprint(spec), TINY)
-    splits = make_splits([c.case_id for c in spec.training], 2, seed=0)
-    checkpoints: dict = {}
-    for config, folds in (("3d_fullres", (0, 1)), ("2d", (0,))):
-        preprocess_dataset(spec, plans, config, root / "pre" / config)
-        for fold in folds:
-            out = root / config / f"fold_{fold}"
-            settings = TrainSettings(config, fold, device="cpu", epochs=2, iterations=6,
-                                     val_iterations=1, workers=0)  # fmt: skip
-            train(plans, splits, root / "pre" / config, out, settings)
-            checkpoints.setdefault(config, {})[fold] = out / "checkpoint_final.safetensors"
+def trained(demo_models):
+    root, plans, _, checkpoints = demo_models
     return root, plans, checkpoints
 
 

@@ -17,6 +17,7 @@ from medseg.cli import (
     plan,
     predict,
     preprocess,
+    select,
     split,
     summary,
     train,
@@ -35,6 +36,7 @@ COMMANDS = (
     train,
     predict,
     evaluate,
+    select,
     summary,
 )
 

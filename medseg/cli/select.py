@@ -1,0 +1,80 @@
+"""``medseg select``: best configuration or ensemble from cross-validation, and the model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from medseg.cli.console import add_command, out
+
+HELP = "choose the best configuration or ensemble from cross-validation; write the model"
+EPILOG = """\
+Every trained configuration in MODELS (MODELS/<configuration>/fold_<k>, as
+'medseg train' writes them) is scored on its cross-validation predictions
+against the dataset's labels, and so is every pairwise ensemble. The best mean
+foreground Dice wins (nnU-Net's rule); connected-component postprocessing is
+chosen on its cross-validation predictions; the deployable model folder (all
+folds, plans, labels, postprocessing) is written to --model.
+
+CV_DIR receives each candidate's predictions and summary.json / summary.csv,
+and selection.json with the scores and the choice.
+
+Examples:
+  medseg select results/models --dataset /data/Task04_Hippocampus \\
+      --plans results/plans.json --splits results/splits.json \\
+      -o results/cv --model results/model
+"""
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "select", HELP, EPILOG, run)
+    p.add_argument("models", type=Path, metavar="MODELS", help="folder of <config>/fold_<k>")
+    p.add_argument("--dataset", type=Path, required=True, help="dataset folder (the labels)")
+    p.add_argument("--plans", type=Path, required=True)
+    p.add_argument("--splits", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="CV_DIR")
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("--configurations", nargs="+", metavar="NAME", help="consider only these")
+    p.add_argument("-j", "--processes", type=int, default=min(4, os.cpu_count() or 1))
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
+    from medseg.dataset.layout import load_dataset
+    from medseg.evaluation.select import member_records, select_model, write_selection
+    from medseg.inference.bundle import export_model
+
+    plans = read_record(args.plans, PLANS_SCHEMA)
+    splits = read_record(args.splits, SPLITS_SCHEMA)
+    selection = select_model(
+        args.models,
+        load_dataset(args.dataset),
+        plans,
+        splits,
+        args.output,
+        configurations=args.configurations,
+        processes=args.processes,
+    )
+    members, checkpoints = member_records(plans, args.models, selection["members"])
+    export_model(args.model, plans, members, checkpoints,
+                 postprocessing=selection["postprocessing"],
+                 cross_validation={"chosen": selection["chosen"],
+                                   "candidates": selection["candidates"]})  # fmt: skip
+    write_selection(selection, args.output / "selection.json")
+    names = [n for _, n in plans["labels"]][1:]
+    table = Table(title=f"cross-validation ({selection['cases']} cases): mean Dice")
+    for col in ("candidate", *names, "foreground"):
+        table.add_column(col)
+    for key, c in selection["candidates"].items():
+        per_label = [f"{c['mean'][str(v)]['dice']:.4f}" for v, _ in plans["labels"][1:]]
+        mark = " *" if key == selection["chosen"] else ""
+        table.add_row(key + mark, *per_label, f"{c['foreground_dice']:.4f}")
+    out.print(table)
+    steps = selection["postprocessing"]["steps"]
+    out.print(f"chosen: {selection['chosen']}; postprocessing: "
+              f"{', '.join(s['method'] for s in steps) if steps else 'none'}; "
+              f"model written to {args.model}", highlight=False)  # fmt: skip
+    return 0

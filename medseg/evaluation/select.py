@@ -1,0 +1,160 @@
+"""Choose the model from cross-validation, as nnU-Net's find_best_configuration does.
+
+Every trained configuration is scored on its cross-validation predictions (each
+case predicted by the fold that did not train on it), and so is every pairwise
+ensemble (the two configurations' CV probabilities averaged). The candidate with
+the best mean foreground Dice wins; connected-component postprocessing is then
+chosen on its CV predictions, and the deployable model folder is written.
+
+Expected layout of ``models``: ``<configuration>/fold_<k>/`` as written by
+``medseg train`` (``checkpoint_final.safetensors`` and ``validation/`` with
+``CASE.nii.gz`` and ``CASE.npz`` probabilities).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medseg.core.errors import EvaluationError
+from medseg.core.records import resolve_configuration
+from medseg.core.volume import Volume
+from medseg.dataset.layout import DatasetSpec
+from medseg.evaluation.metrics import evaluate_folder, to_json_value, write_summary
+from medseg.evaluation.postprocessing import choose_postprocessing
+from medseg.io.atomic import write_text_atomic
+from medseg.io.probabilities import load_probabilities
+from medseg.io.volumes import write_volume
+
+log = logging.getLogger(__name__)
+
+SELECTION_SCHEMA = ("medseg.selection", 1)
+
+
+def trained_folds(models: Path, configuration: str) -> dict[int | str, Path]:
+    """``{fold: fold folder}`` of a configuration with a final checkpoint and validation."""
+    folds = {}
+    for folder in sorted(Path(models, configuration).glob("fold_*")):
+        if (folder / "checkpoint_final.safetensors").exists() and (folder / "validation").is_dir():
+            key = folder.name.split("_", 1)[1]
+            folds[int(key) if key.isdigit() else key] = folder
+    return folds
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+
+
+def _gather(folds: dict, out: Path, cases: list[str]) -> None:
+    """Link each case's CV prediction (from whichever fold validated it) into ``out``."""
+    found = {}
+    for folder in folds.values():
+        for f in (folder / "validation").glob("*.nii.gz"):
+            found[f.name[: -len(".nii.gz")]] = f
+    missing = sorted(set(cases) - set(found))
+    if missing:
+        raise EvaluationError(
+            f"{out.name}: no cross-validation prediction for {len(missing)} case(s) "
+            f"({', '.join(missing[:5])}); train and validate every fold first"
+        )
+    for case in cases:
+        _link(found[case], out / f"{case}.nii.gz")
+
+
+def _ensemble(a: dict, b: dict, out: Path, cases: list[str]) -> None:
+    """Average two configurations' CV probabilities per case and write the labels."""
+    for case in cases:
+        probs, affine = None, None
+        for folds in (a, b):
+            hits = [f / "validation" / f"{case}.npz" for f in folds.values()
+                    if (f / "validation" / f"{case}.npz").exists()]  # fmt: skip
+            p, affine = load_probabilities(hits[0])
+            probs = p if probs is None else probs + p
+        label = np.argmax(probs, axis=0).astype(np.uint8)
+        write_volume(Volume.label(label, affine), out / f"{case}.nii.gz")
+
+
+def select_model(
+    models: Path,
+    spec: DatasetSpec,
+    plans: dict,
+    splits: dict,
+    cv_dir: Path,
+    *,
+    configurations: list[str] | None = None,
+    processes: int = 1,
+) -> dict:
+    """Score configurations and their pairwise ensembles; choose; pick postprocessing."""
+    labels = {v: n for v, n in plans["labels"]}
+    cases = sorted({c for fold in splits["folds"] for c in fold["val"]})
+    available = [c for c in plans["configurations"] if trained_folds(models, c)]
+    names = [c for c in (configurations or available) if c in available]
+    if not names:
+        raise EvaluationError(f"{models}: no trained and validated configuration found")
+    refs = cv_dir / "references"
+    for case in cases:
+        _link(spec.case(case).label, refs / f"{case}.nii.gz")
+    candidates = {}
+    for name in names:
+        _gather(trained_folds(models, name), cv_dir / name, cases)
+        candidates[name] = [name]
+    for a, b in itertools.combinations(names, 2):
+        key = f"ensemble_{a}__{b}"
+        _ensemble(trained_folds(models, a), trained_folds(models, b), cv_dir / key, cases)
+        candidates[key] = [a, b]
+    scores = {}
+    for key in candidates:
+        summary = evaluate_folder(cv_dir / key, refs, labels, processes=processes)
+        write_summary(summary, cv_dir / key / "summary.json", cv_dir / key / "summary.csv")
+        scores[key] = summary
+        log.info("%s: mean foreground Dice %.4f", key, summary["foreground_mean"]["dice"])
+    best = max(candidates, key=lambda k: (scores[k]["foreground_mean"]["dice"],
+                                          -len(candidates[k])))  # fmt: skip
+    postprocessing = choose_postprocessing(cv_dir / best, refs, labels, processes=processes)
+    return {
+        "schema": SELECTION_SCHEMA[0],
+        "schema_version": SELECTION_SCHEMA[1],
+        "chosen": best,
+        "members": candidates[best],
+        "candidates": {
+            k: {
+                "members": candidates[k],
+                "foreground_dice": scores[k]["foreground_mean"]["dice"],
+                "mean": scores[k]["mean"],
+            }
+            for k in candidates
+        },  # fmt: skip
+        "postprocessing": postprocessing,
+        "cases": len(cases),
+    }
+
+
+def member_records(plans: dict, models: Path, names: list[str]) -> tuple[list[dict], dict]:
+    """Model members (cascades with their previous stage) and the checkpoints they need."""
+    members, checkpoints = [], {}
+    for name in names:
+        folds = trained_folds(models, name)
+        record = {"configuration": name, "folds": sorted(folds, key=str)}
+        checkpoints[name] = {k: f / "checkpoint_final.safetensors" for k, f in folds.items()}
+        previous = resolve_configuration(plans, name).get("previous_stage")
+        if previous:
+            prev_folds = trained_folds(models, previous)
+            record["previous"] = {"configuration": previous, "folds": sorted(prev_folds, key=str)}
+            checkpoints[previous] = {
+                k: f / "checkpoint_final.safetensors" for k, f in prev_folds.items()
+            }
+        members.append(record)
+    return members, checkpoints
+
+
+def write_selection(selection: dict, path: Path) -> None:
+    """The selection record as strict JSON (NaN written as null), atomically."""
+    write_text_atomic(path, json.dumps(to_json_value(selection), indent=1) + "\n")

@@ -1,0 +1,64 @@
+"""medseg select: configurations and ensembles scored on cross-validation; the model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from medseg.evaluation.metrics import read_summary
+from medseg.inference.bundle import load_model
+from medseg.inference.predict import PredictOptions, predict_volume
+from medseg.io import read_volume
+
+
+def test_select_scores_every_candidate_and_writes_the_model(demo_models, demo_dataset, tmp_path):
+    root, plans, splits, _ = demo_models
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    cv, model = tmp_path / "cv", tmp_path / "model"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg.cli.main",
+            "select",
+            str(root / "models"),
+            "--dataset",
+            str(demo_dataset),
+            "--plans",
+            str(tmp_path / "plans.json"),
+            "--splits",
+            str(tmp_path / "splits.json"),
+            "-o",
+            str(cv),
+            "--model",
+            str(model),
+            "-j",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    selection = json.loads((cv / "selection.json").read_text())
+    candidates = selection["candidates"]
+    assert set(candidates) == {"3d_fullres", "2d", "ensemble_2d__3d_fullres"}
+    best = max(candidates.values(), key=lambda c: c["foreground_dice"] or -1)
+    assert candidates[selection["chosen"]]["foreground_dice"] == best["foreground_dice"]
+    for key in candidates:  # every case of every fold was scored
+        summary = read_summary(cv / key / "summary.json")
+        assert summary["n_cases"] == 6
+        assert (cv / key / "summary.csv").exists()
+    assert "cross-validation (6 cases)" in r.stdout and "chosen:" in r.stdout
+    meta = json.loads((model / "model.json").read_text())
+    assert [m["configuration"] for m in meta["members"]] == selection["members"]
+    assert all(m["folds"] == [0, 1] for m in meta["members"])
+    assert meta["postprocessing"] == selection["postprocessing"]
+    assert meta["cross_validation"]["chosen"] == selection["chosen"]
+    image = read_volume(demo_dataset / "imagesTs" / "demo_100.nii.gz")
+    probs, label = predict_volume(load_model(model), image, PredictOptions(mirroring=False))
+    assert label.array.shape == image.spatial_shape
+    assert np.allclose(probs.array.sum(0), 1, atol=1e-4)
