@@ -114,8 +114,17 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_checkpoint(path)
     plain = tmp_path / "plain.pth"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, plain)
-    assert load_torch_weights(plain)["epoch"] == 3  # tensors and plain containers are fine
+    torch.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "epoch": 3,
+            "ema": np.float32(0.5),
+            "log": [np.float64(1.5)],
+        },
+        plain,
+    )  # as nnU-Net v2's checkpoints hold
+    loaded = load_torch_weights(plain)  # tensors, plain containers and numpy numbers are fine
+    assert loaded["epoch"] == 3 and float(loaded["ema"]) == 0.5
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(CheckpointError, match="damaged"):

@@ -134,15 +134,30 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, document:
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
-def load_torch_weights(path: Path) -> dict:
-    """Read a PyTorch file with ``weights_only=True``: tensors and plain containers only.
+def _numpy_number_globals() -> list:
+    """numpy's scalar and dtype reconstructors: they rebuild numbers, never run code.
 
-    Files that hold pickled Python objects are refused with a clear error rather
-    than unpickled (unpickling can run arbitrary code).
+    nnU-Net v2's checkpoints keep numpy float32 scalars in their training logs,
+    which torch's weights-only loader refuses unless these are allowed.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in "?bhilqBHILQefdg"]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def load_torch_weights(path: Path) -> dict:
+    """Read a PyTorch file with ``weights_only=True``: tensors, plain containers and
+    numpy numbers only.
+
+    Files that hold other pickled Python objects are refused with a clear error
+    rather than unpickled (unpickling can run arbitrary code).
     """
     path = Path(path)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_number_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
