@@ -26,6 +26,7 @@ Examples:
       -o models/3d_fullres/fold_0
   medseg train ... --device cpu --epochs 5 --iterations 20          # a short CPU run
   medseg train ... --resume                                          # continue after a crash
+  medseg train ... --validation-only --dataset /data/Task04_Hippocampus
 """
 
 
@@ -64,13 +65,22 @@ def add_parser(sub) -> None:
         help="data-loading processes (default: %(default)s)",
     )
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
-    p.add_argument("--no-validation", action="store_true", help="skip the final fold validation")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--no-validation", action="store_true", help="skip the final fold validation")
+    when.add_argument("--validation-only", action="store_true",
+                      help="only the fold validation, with the finished training's "
+                           "checkpoint_final (the workflow's validate step)")  # fmt: skip
     p.add_argument("--no-mirroring", action="store_true",
                    help="fold validation without mirroring test-time augmentation")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
@@ -103,9 +113,17 @@ def run(args: argparse.Namespace) -> int:
             highlight=False,
         )
 
-    with bar:
-        train(plans, splits, args.preprocessed, args.output, settings, resume=args.resume,
-              on_iteration=on_iteration, on_epoch=on_epoch)  # fmt: skip
+    if args.validation_only:
+        from medseg.core.errors import CheckpointError
+
+        if not (args.output / "checkpoint_final.safetensors").exists():
+            raise CheckpointError(f"{args.output}: no checkpoint_final.safetensors; finish "
+                                  "the training first (medseg train without "
+                                  "--validation-only)")  # fmt: skip
+    else:
+        with bar:
+            train(plans, splits, args.preprocessed, args.output, settings, resume=args.resume,
+                  on_iteration=on_iteration, on_epoch=on_epoch)  # fmt: skip
     if not args.no_validation:
         from medseg.training.validation import validate_fold
 

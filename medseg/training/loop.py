@@ -209,6 +209,7 @@ def _build_run(plans: dict, splits: dict, folder: Path, s: TrainSettings) -> _Ru
 def _state(run: _Run, epoch: int, history: list[dict], best: float | None) -> dict:
     return {
         "epoch": epoch,
+        "cases": {"train": list(run.train_spec.case_ids), "val": list(run.val_spec.case_ids)},
         "history": history,
         "best_ema_pseudo_dice": best,
         "settings": {**asdict(run.settings)},
@@ -220,6 +221,9 @@ def _state(run: _Run, epoch: int, history: list[dict], best: float | None) -> di
 def _resume(run: _Run, out: Path) -> tuple[int, list[dict], float | None]:
     tensors, document = load_checkpoint(out / f"{LATEST}.safetensors")
     state = document["state"]
+    cases = {"train": list(run.train_spec.case_ids), "val": list(run.val_spec.case_ids)}
+    if state.get("configuration") != run.config or state.get("cases") != cases:
+        raise _Stale()
     saved = {k: v for k, v in state["settings"].items() if k not in ("epochs", "workers", "device")}
     now = {
         k: v for k, v in asdict(run.settings).items() if k not in ("epochs", "workers", "device")
@@ -233,6 +237,10 @@ def _resume(run: _Run, out: Path) -> tuple[int, list[dict], float | None]:
         run.scaler.load_state_dict(state["scaler"])
     log.info("resuming %s after epoch %d", out, state["epoch"])
     return state["epoch"] + 1, state["history"], state["best_ema_pseudo_dice"]
+
+
+class _Stale(Exception):
+    """The latest checkpoint belongs to other plans or another split."""
 
 
 def _finish_epoch(run: _Run, out: Path, epoch: int, history: list[dict], best):
@@ -266,7 +274,8 @@ def train(
     ``out`` receives checkpoint_latest/best/final.safetensors, training_log.jsonl
     and progress.png. Without ``resume``, an existing checkpoint is an error
     (nothing is overwritten by accident); with it, training continues from it
-    (or starts, if there is none).
+    (or starts, if there is none; or starts over, if the checkpoint was made with
+    other plans or another split, which is then kept as ``.stale``).
     """
     run = _build_run(plans, splits, Path(preprocessed), settings)
     out = Path(out)
@@ -277,7 +286,17 @@ def train(
         if not resume:
             raise MedsegError(f"{out} already holds a training run; pass --resume to continue "
                               "it, or choose another output folder")  # fmt: skip
-        start, history, best = _resume(run, out)
+        try:
+            start, history, best = _resume(run, out)
+        except _Stale:
+            stale = latest.with_suffix(".stale")
+            latest.replace(stale)
+            log.warning(
+                "%s: the checkpoint was made with other plans or another split; it was "
+                "set aside as %s and training starts over",
+                out,
+                stale.name,
+            )
     for epoch in range(start, settings.epochs):
         for group in run.optimizer.param_groups:
             group["lr"] = poly_lr(settings.initial_lr, epoch, settings.epochs)
