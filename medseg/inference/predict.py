@@ -37,6 +37,9 @@ class PredictOptions:
     tile_batch: int = 4
     device: str = "cpu"
     amp: bool = True
+    #: "auto": nnU-Net's float16 blending for nnU-Net models (their labels, exactly),
+    #: exact float32 blending for medseg models; or "float32" / "nnunet" for all.
+    blend: str = "auto"
 
 
 def _input_with_previous(member: Member, image: Volume, bundle: ModelBundle, options, progress):
@@ -64,25 +67,38 @@ def predict_member(
     """Class probabilities ``(K, X, Y, Z)`` of one configuration, on the input's grid."""
     data, record = _input_with_previous(member, image, bundle, options, progress)
     mirror = member.mirror_axes if options.mirroring else ()
+    blend = resolve_blend(options.blend, bundle)
     logits = None
-    for network in member.networks:
+    for network in member.networks:  # summed in the blend's precision, as nnU-Net does
         out = predict_logits(network, data, member.config["patch_size"], step=options.step,
                              mirror_axes=mirror, tile_batch=options.tile_batch,
-                             device=options.device, amp=options.amp, progress=progress)  # fmt: skip
+                             device=options.device, amp=options.amp, progress=progress,
+                             blend=blend)  # fmt: skip
         logits = out if logits is None else logits + out
-    return probabilities_on_original_grid((logits / len(member.networks)).numpy(), record)
+    logits = logits / len(member.networks)
+    return probabilities_on_original_grid(logits.float().numpy(), record,
+                                          half=logits.dtype == torch.float16)  # fmt: skip
 
 
-def probabilities_on_original_grid(logits: np.ndarray, record: dict) -> Volume:
+def resolve_blend(blend: str, bundle: ModelBundle) -> str:
+    """``auto``: nnU-Net's float16 blending for nnU-Net models, exact float32 otherwise."""
+    if blend != "auto":
+        return blend
+    return "nnunet" if bundle.meta.get("source") == "nnunetv2" else "float32"
+
+
+def probabilities_on_original_grid(logits: np.ndarray, record: dict, half: bool = False) -> Volume:
     """Logits ``(K, ...)`` on the preprocessed grid -> probabilities on the original grid.
 
     As nnU-Net: resample the logits (linearly, slice-wise where anisotropic), then
-    softmax; outside the cropped region background wins.
+    softmax; outside the cropped region background wins. With ``half``, resampled
+    logits are rounded to float16 as nnU-Net's resampling returns its input's dtype.
     """
     outside = np.full((logits.shape[0],), OUTSIDE_LOGIT, np.float32)
     outside[0] = 0.0
     back = to_original(logits, record, outside=outside)
-    probs = torch.softmax(torch.from_numpy(back.array), dim=0).numpy()
+    values = back.array.astype(np.float16).astype(np.float32) if half else back.array
+    probs = torch.softmax(torch.from_numpy(values), dim=0).numpy()
     return Volume(probs, back.affine, Kind.IMAGE)
 
 

@@ -233,6 +233,34 @@ class _Run:
     tile_batch: int
     device: torch.device
     progress: Progress | None
+    blend: str = "float32"
+
+
+#: How tiles are blended: exactly in float32, or in float16 as nnU-Net v2 does.
+BLENDS = ("float32", "nnunet")
+#: nnU-Net scales its float16 Gaussian to this maximum (its value_scaling_factor).
+NNUNET_GAUSSIAN_MAX = 10.0
+
+
+def blend_weights(patch_size, blend: str, device) -> torch.Tensor:
+    """The tile weight map and, by its dtype, the accumulators' precision.
+
+    ``float32``: the Gaussian, maximum 1, float32. ``nnunet``: nnU-Net v2's: maximum
+    10, cast to float16, weights that underflow to 0 replaced by the smallest left.
+    In float16 the far tile corners' weights underflow, so near image edges nnU-Net's
+    blend is coarse; ``float32`` is the exact weighted mean, ``nnunet`` reproduces
+    nnU-Net's labels for its own models.
+    """
+    if blend not in BLENDS:
+        raise InferenceError(f"unknown blend {blend!r}; use one of {BLENDS}")
+    weights = gaussian_importance(patch_size, dtype=torch.float64, device=device)
+    if blend == "float32":
+        return weights.to(torch.float32)
+    weights = (weights * NNUNET_GAUSSIAN_MAX).to(torch.float16)
+    zero = weights == 0
+    if bool(zero.any()):
+        weights[zero] = weights[~zero].min()
+    return weights
 
 
 def _forward(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -281,7 +309,7 @@ def _accumulate(
     """Gaussian-weighted mean of tile logits, accumulated on device ``on``: (K, *spatial)."""
     image = image.to(on)
     channels = image.shape[0]
-    gaussian = gaussian_importance(run.patch_size, device=on)
+    gaussian = blend_weights(run.patch_size, run.blend, on)
     tile_shape = tuple(s.stop - s.start for s in tiles[0])
     tile_weight = gaussian.reshape(tile_shape)
     logits_sum = weight_sum = None
@@ -291,9 +319,10 @@ def _accumulate(
             [image[(slice(None), *t)].reshape(channels, *run.patch_size) for t in chunk]
         )
         logits = mirrored_logits(network, batch.to(run.device), run.flips).to(on)
-        if logits_sum is None:
-            logits_sum = torch.zeros((logits.shape[1], *image.shape[1:]), device=on)
-            weight_sum = torch.zeros(image.shape[1:], device=on)
+        if logits_sum is None:  # accumulators in the weights' precision
+            logits_sum = torch.zeros((logits.shape[1], *image.shape[1:]), device=on,
+                                     dtype=gaussian.dtype)  # fmt: skip
+            weight_sum = torch.zeros(image.shape[1:], device=on, dtype=gaussian.dtype)
         for tile, tile_logits in zip(chunk, logits, strict=True):
             logits_sum[(slice(None), *tile)] += (tile_logits * gaussian).reshape(-1, *tile_shape)
             weight_sum[tile] += tile_weight
@@ -352,6 +381,7 @@ def predict_logits(
     amp: bool = True,
     amp_dtype: torch.dtype = torch.float16,
     progress: Progress | None = None,
+    blend: str = "float32",
 ) -> torch.Tensor:
     """Sliding-window logits of a whole preprocessed case (nnU-Net v2's predictor).
 
@@ -381,19 +411,28 @@ def predict_logits(
         Autocast to ``amp_dtype`` (float16 or bfloat16) on CUDA; ignored on other devices.
     progress : callable, optional
         Called as ``progress(tiles_done, tiles_total)`` after each batch.
+    blend : str
+        ``"float32"`` (exact) or ``"nnunet"`` (float16 accumulation as nnU-Net v2; see
+        :func:`blend_weights`).
 
     Returns
     -------
     torch.Tensor
-        ``(K, *spatial)`` float32 on the CPU: the Gaussian-weighted mean of the tile
-        logits, padding cropped off, same spatial shape as ``image``.
+        ``(K, *spatial)`` on the CPU: the Gaussian-weighted mean of the tile logits,
+        padding cropped off, same spatial shape as ``image``; float32, or float16 with
+        ``blend="nnunet"``.
     """
     if tile_batch < 1:
         raise InferenceError(f"tile_batch must be >= 1, got {tile_batch}")
     patch = tuple(int(p) for p in patch_size)
     data = _as_image(image, patch)
     run = _Run(
-        patch, flip_sets(mirror_axes, len(patch)), tile_batch, torch.device(device), progress
+        patch,
+        flip_sets(mirror_axes, len(patch)),
+        tile_batch,
+        torch.device(device),
+        progress,
+        blend,
     )
     padded, crop = pad_to_patch(data, patch)
     tiles = tile_slices(padded.shape[1:], patch, step)
@@ -419,4 +458,4 @@ def predict_probabilities(
     As in nnU-Net, the softmax is applied once, to the blended logits, in float32.
     Returns ``(K, *spatial)`` float32 class probabilities on the CPU, summing to 1 over K.
     """
-    return torch.softmax(predict_logits(network, image, patch_size, **options), dim=0)
+    return torch.softmax(predict_logits(network, image, patch_size, **options).float(), dim=0)
