@@ -53,7 +53,37 @@ def add_parser(sub) -> None:
         help="outputs (default: nifti dicom-seg; dicom-seg only for DICOM inputs)",
     )
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default: 4)")
+    p.add_argument(
+        "--blend",
+        choices=("auto", "float32", "nnunet"),
+        default="auto",
+        help="tile blending: float32 (exact), nnunet (float16 as nnU-Net v2, giving "
+        "its labels); auto = nnunet for nnU-Net models (default: auto)",
+    )
     p.add_argument("--skip-existing", action="store_true", help="skip cases whose outputs exist")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="cases predicted at once, each in its own process with its share of "
+        "the CPU cores (default: 1, which is fastest on a few cores)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    p.add_argument(
+        "--engine-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "medseg" / "openvino",
+        help="where converted OpenVINO networks are kept, named by a digest of their "
+        "weights (default: ~/.cache/medseg/openvino)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "torch", "openvino"),
+        default="auto",
+        help="what runs the network: torch, or openvino (CPU only, 1.3-1.7x faster, "
+        "float32, same labels to 1e-5; converting takes about 1.5 s per network); "
+        "auto = openvino on CPU, torch on GPUs (default: auto)",
+    )
 
 
 def _summary_table(records: list[dict]):
@@ -72,19 +102,39 @@ def _summary_table(records: list[dict]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    if args.threads:
+        import torch
 
-    from medseg.inference.batch import BatchSettings, discover_inputs, run_batch
+        torch.set_num_threads(args.threads)
     from medseg.inference.bundle import load_model
-    from medseg.inference.predict import PredictOptions
+    from medseg.inference.engines import resolve_engine
     from medseg.nets.device import resolve_device
 
     device = resolve_device(args.device)
     bundle = load_model(args.model, device, args.folds)
+    engine = resolve_engine(args.engine, device)
+    return _predict(args, bundle, device, engine)
+
+
+def _predict(args, bundle, device, engine: str) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from medseg.inference.batch import BatchSettings, WorkerModel, discover_inputs, run_batch
+    from medseg.inference.engines import convert_bundle, use_openvino
+    from medseg.inference.predict import PredictOptions
+
+    worker_model = WorkerModel(args.model, args.folds)
+    if engine == "openvino":
+        irs = convert_bundle(bundle, args.engine_cache)
+        worker_model = WorkerModel(args.model, args.folds, irs)
+        if args.workers <= 1:
+            use_openvino(bundle, irs)
     cases, unusable = discover_inputs(args.input)
     options = PredictOptions(step=args.step, mirroring=not args.no_mirroring,
-                             tile_batch=args.tile_batch, device=str(device))  # fmt: skip
-    settings = BatchSettings(formats=tuple(args.formats), skip_existing=args.skip_existing)
+                             tile_batch=args.tile_batch, device=str(device),
+                             blend=args.blend)  # fmt: skip
+    settings = BatchSettings(formats=tuple(args.formats), skip_existing=args.skip_existing,
+                             workers=args.workers)  # fmt: skip
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
     with bar:
@@ -99,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             bar.reset(tiles)
 
         result = run_batch(bundle, cases, args.output, options, settings, unusable=unusable,
-                           on_case=on_case, progress=on_tiles)  # fmt: skip
+                           on_case=on_case, progress=on_tiles, model=worker_model)  # fmt: skip
     out.print(_summary_table(result.records))
     counts = {s: sum(r["status"] == s for r in result.records) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "

@@ -5,7 +5,7 @@ holding many studies (every DICOM series found recursively is a case). Each case
 is read, predicted and written atomically; a case that fails (unreadable, wrong
 modality, not a volume, too large for memory) is recorded in the manifest and
 the batch goes on. ``OUTDIR/manifest.jsonl`` gets one line per case and run:
-input, outputs, status, error, seconds per stage.
+input, outputs (absolute paths), status, error, seconds per stage.
 """
 
 from __future__ import annotations
@@ -118,8 +118,16 @@ def check_memory(shape, n_channels: int, n_classes: int) -> None:
 
 @dataclass(frozen=True)
 class BatchSettings:
+    """What to write, whether to skip finished cases, and how many cases at once.
+
+    With ``workers > 1`` each worker process loads the model once and takes cases
+    in turn, the CPU cores shared out among them (on CPU, several single-threaded
+    cases at once use the cores better than one case on all of them).
+    """
+
     formats: tuple[str, ...] = ("nifti", "dicom-seg")
     skip_existing: bool = False
+    workers: int = 1
 
 
 @dataclass
@@ -172,6 +180,72 @@ def _predict_case(bundle, case: CaseInput, paths: dict, options, timing: dict, p
     timing["write"] = time.perf_counter() - t
 
 
+def _case_record(bundle, case: CaseInput, out: Path, options, settings, run_id, progress):
+    """Predict (or skip) one case and describe what happened, for the manifest."""
+    paths = outputs_for(case, out, settings.formats)
+    record = {"run": run_id, "case_id": case.case_id, "input": str(case.path.resolve()),
+              "series_uid": case.series_uid,
+              "outputs": {k: str(v.resolve()) for k, v in paths.items()}}  # fmt: skip
+    timing: dict[str, float] = {}
+    if settings.skip_existing and paths and all(p.exists() for p in paths.values()):
+        record.update(status="skipped", error=None)
+    else:
+        record.update(_attempt(bundle, case, paths, options, timing, progress))
+    record["seconds"] = {k: round(v, 3) for k, v in timing.items()}
+    return record
+
+
+@dataclass(frozen=True)
+class WorkerModel:
+    """How a worker process loads the model: folder, folds, and OpenVINO IR if converted."""
+
+    path: Path
+    folds: list | None = None
+    openvino: dict | None = None
+
+
+_worker: dict = {}  # the model a pool worker process loaded once (a per-process resource)
+
+
+def _init_worker(model: WorkerModel, device: str, threads: int) -> None:
+    import torch
+
+    from medseg.inference.bundle import load_model
+
+    torch.set_num_threads(threads)
+    bundle = load_model(model.path, device, model.folds)
+    if model.openvino:
+        from medseg.inference.engines import use_openvino
+
+        use_openvino(bundle, model.openvino, threads)
+    _worker["bundle"] = bundle
+
+
+def _worker_case(args) -> dict:
+    case, out, options, settings, run_id = args
+    return _case_record(_worker["bundle"], case, out, options, settings, run_id, None)
+
+
+def _records(bundle, cases, out, options, settings, run_id, progress, model):
+    """Records of ``cases`` as they finish: in this process, or in worker processes."""
+    if settings.workers <= 1 or len(cases) <= 1 or model is None:
+        for case in cases:
+            yield _case_record(bundle, case, out, options, settings, run_id, progress)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(settings.workers, len(cases))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    init = (model, str(options.device), threads)
+    context = multiprocessing.get_context("spawn")  # no fork after torch set up its threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=init) as pool:  # fmt: skip
+        jobs = [pool.submit(_worker_case, (c, out, options, settings, run_id)) for c in cases]
+        for job in as_completed(jobs):
+            yield job.result()
+
+
 def run_batch(
     bundle,
     cases: list[CaseInput],
@@ -182,11 +256,13 @@ def run_batch(
     unusable: list[dict] = (),
     on_case: Callable[[dict], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    model: WorkerModel | None = None,
 ) -> BatchResult:
     """Predict every case, appending one manifest line per case; never stop on a bad case.
 
     ``unusable`` are inputs :func:`discover_inputs` could not use; they are recorded
-    as failed so the manifest accounts for every input given.
+    as failed so the manifest accounts for every input given. ``model`` lets worker
+    processes load the model themselves when ``settings.workers > 1``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,29 +270,12 @@ def run_batch(
     result = BatchResult()
     with open(out / "manifest.jsonl", "a", encoding="utf-8") as manifest:
         for bad in unusable:
-            record = {
-                "run": run_id,
-                "case_id": None,
-                "input": bad["input"],
-                "series_uid": None,
-                "outputs": {},
-                "status": "failed",
-                "error": bad["error"],
-                "seconds": {},
-            }
+            record = {"run": run_id, "case_id": None, "input": bad["input"], "series_uid": None,
+                      "outputs": {}, "status": "failed", "error": bad["error"],
+                      "seconds": {}}  # fmt: skip
             _append(manifest, record)
             result.records.append(record)
-        for case in cases:
-            paths = outputs_for(case, out, settings.formats)
-            record = {"run": run_id, "case_id": case.case_id, "input": str(case.path),
-                      "series_uid": case.series_uid, "outputs": {k: str(v) for k, v in
-                                                                 paths.items()}}  # fmt: skip
-            timing: dict[str, float] = {}
-            if settings.skip_existing and paths and all(p.exists() for p in paths.values()):
-                record.update(status="skipped", error=None)
-            else:
-                record.update(_attempt(bundle, case, paths, options, timing, progress))
-            record["seconds"] = {k: round(v, 3) for k, v in timing.items()}
+        for record in _records(bundle, cases, out, options, settings, run_id, progress, model):
             _append(manifest, record)
             result.records.append(record)
             if on_case:

@@ -1,0 +1,152 @@
+"""Inference engines: PyTorch everywhere, OpenVINO as the faster CPU path.
+
+OpenVINO runs nnU-Net's 3D U-Nets about 1.3x
+faster than PyTorch on CPU (it fuses convolution, normalisation and activation),
+in float32, so labels stay those of PyTorch. A network is converted once (about
+1.5 s) to OpenVINO's IR in a cache folder, named by a digest of its weights and
+input shape; later runs and worker processes load the IR (about 0.1 s).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from medseg.core.errors import InferenceError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "openvino")
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(engine: str, device) -> str:
+    """The engine to use: ``auto`` is OpenVINO on CPU when installed, else PyTorch."""
+    if engine not in ENGINES:
+        raise InferenceError(f"unknown engine {engine!r}; use one of {ENGINES}")
+    if engine == "openvino":
+        if str(device) != "cpu":
+            raise InferenceError("the OpenVINO engine runs on the CPU; use --device cpu")
+        if not openvino_available():
+            raise InferenceError("the OpenVINO engine is not installed: pip install openvino")
+        return "openvino"
+    if engine == "auto" and str(device) == "cpu" and openvino_available():
+        return "openvino"
+    return "torch"
+
+
+def export_openvino(network: torch.nn.Module, n_channels: int, patch, path: Path) -> Path:
+    """Convert ``network`` (eval mode) to OpenVINO IR at ``path`` (``.xml`` + ``.bin``).
+
+    Goes through ONNX (TorchScript exporter): about 1.5 s for a 3D U-Net, against
+    about 4 s for OpenVINO's own PyTorch front end.
+    """
+    import warnings
+
+    import openvino as ov
+
+    network = network.eval().to("cpu")
+    example = torch.zeros(1, n_channels, *(int(p) for p in patch))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path = path.with_suffix(".onnx")
+    with warnings.catch_warnings():  # "instance_norm in training mode": not so in eval()
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, example, str(onnx_path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+    onnx_path.unlink()
+    return path
+
+
+class OpenVINONetwork(torch.nn.Module):
+    """A compiled OpenVINO model behind a torch ``Module`` interface (CPU, float32)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__()
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+        config["INFERENCE_NUM_THREADS"] = int(threads or torch.get_num_threads())
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._output = self._compiled.output(0)
+        self.path = Path(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self._request.infer({0: array})[self._output].copy())
+
+
+def member_networks(bundle):
+    """``(member, fold index, network, input channels)`` for every network of a bundle."""
+    n_in = len(bundle.channel_names)
+    for member in bundle.members:
+        for part in (member.previous, member) if member.previous else (member,):
+            channels = n_in + (len(bundle.labels) - 1 if part is member and member.previous else 0)
+            for i, network in enumerate(part.networks):
+                yield part, i, network, channels
+
+
+def network_key(network: torch.nn.Module, n_channels: int, patch) -> str:
+    """A digest of weights, input shape and OpenVINO version: the name of a cached IR."""
+    import hashlib
+
+    import openvino as ov
+
+    digest = hashlib.sha256(f"{ov.__version__}|{n_channels}|{list(patch)}".encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cached_ir(network, n_channels: int, patch, cache: Path) -> Path:
+    """The IR of ``network`` from ``cache``, converted and stored there first if missing.
+
+    Written to a temporary folder and renamed into place, so concurrent runs and
+    interrupted conversions never leave a half-written IR behind.
+    """
+    import shutil
+    import tempfile
+
+    final = cache / network_key(network, n_channels, patch)
+    if not (final / "network.xml").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache))
+        try:
+            export_openvino(network, n_channels, patch, partial / "network.xml")
+            partial.rename(final)
+        except OSError:
+            if not (final / "network.xml").exists():  # not another run's finished IR
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return final / "network.xml"
+
+
+def convert_bundle(bundle, cache: Path) -> dict[tuple[str, int], Path]:
+    """The IR of every network of ``bundle``, from (or converted into) ``cache``."""
+    paths = {}
+    for part, i, network, channels in member_networks(bundle):
+        key = (part.configuration, i)
+        if key not in paths:
+            paths[key] = cached_ir(network, channels, part.config["patch_size"], cache)
+            log.info("%s network %d: OpenVINO IR %s", part.configuration, i, paths[key])
+    return paths
+
+
+def use_openvino(bundle, paths: dict[tuple[str, int], Path], threads: int | None = None) -> None:
+    """Swap the bundle's torch networks for the OpenVINO ones at ``paths`` (in place)."""
+    for part, i, _, _ in list(member_networks(bundle)):
+        if not isinstance(part.networks[i], OpenVINONetwork):
+            part.networks[i] = OpenVINONetwork(paths[(part.configuration, i)], threads)
