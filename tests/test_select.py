@@ -62,3 +62,33 @@ def test_select_scores_every_candidate_and_writes_the_model(demo_models, demo_da
     probs, label = predict_volume(load_model(model), image, PredictOptions(mirroring=False))
     assert label.array.shape == image.spatial_shape
     assert np.allclose(probs.array.sum(0), 1, atol=1e-4)
+
+
+def test_export_writes_the_selected_model(demo_models, demo_dataset, tmp_path):
+    """select without --model, then export from selection.json: the workflow's two steps."""
+    root, plans, splits, _ = demo_models
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+
+    def medseg(*args):
+        return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
+                              capture_output=True, text=True)  # fmt: skip
+
+    cv = tmp_path / "cv"
+    r = medseg("select", root / "models", "--dataset", demo_dataset, "--plans",
+               tmp_path / "plans.json", "--splits", tmp_path / "splits.json", "-o", cv,
+               "--configurations", "3d_fullres", "-j", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "model written" not in r.stdout and not (tmp_path / "model").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = medseg("export", root / "models", "--plans", tmp_path / "plans.json",
+               "--selection", bad, "-o", tmp_path / "model")  # fmt: skip
+    assert r.returncode != 0 and "not a selection" in r.stderr and "bad.json" in r.stderr
+    r = medseg("export", root / "models", "--plans", tmp_path / "plans.json",
+               "--selection", cv / "selection.json", "-o", tmp_path / "model")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert [m["configuration"] for m in meta["members"]] == ["3d_fullres"]
+    weights = sorted(p.name for p in (tmp_path / "model" / "3d_fullres").glob("*.safetensors"))
+    assert weights == ["fold_0.safetensors", "fold_1.safetensors"]

@@ -12,11 +12,13 @@ from medseg.cli import (
     check,
     convert,
     evaluate,
+    export,
     fingerprint,
     info,
     plan,
     predict,
     preprocess,
+    qc,
     select,
     split,
     summary,
@@ -37,6 +39,8 @@ COMMANDS = (
     predict,
     evaluate,
     select,
+    export,
+    qc,
     summary,
 )
 
@@ -56,6 +60,8 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg preprocess DATASET plans.json --config 3d_fullres -o preprocessed/3d_fullres
   medseg train preprocessed/3d_fullres plans.json splits.json --config 3d_fullres \
       --fold 0 -o models/3d_fullres/fold_0
+  medseg select models/ --dataset DATASET --plans plans.json --splits splits.json \
+      -o cv/ --model model/                     best configuration or ensemble from CV
   medseg evaluate predictions/ labels/          Dice, HD95, NSD per class and case
   medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/
 

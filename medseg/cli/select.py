@@ -14,8 +14,9 @@ Every trained configuration in MODELS (MODELS/<configuration>/fold_<k>, as
 'medseg train' writes them) is scored on its cross-validation predictions
 against the dataset's labels, and so is every pairwise ensemble. The best mean
 foreground Dice wins (nnU-Net's rule); connected-component postprocessing is
-chosen on its cross-validation predictions; the deployable model folder (all
-folds, plans, labels, postprocessing) is written to --model.
+chosen on its cross-validation predictions; with --model, the deployable model
+folder (all folds, plans, labels, postprocessing) is written there (or later,
+from selection.json, by 'medseg export').
 
 CV_DIR receives each candidate's predictions and summary.json / summary.csv,
 and selection.json with the scores and the choice.
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--plans", type=Path, required=True)
     p.add_argument("--splits", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="CV_DIR")
-    p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="write the model folder here")
     p.add_argument("--configurations", nargs="+", metavar="NAME", help="consider only these")
     p.add_argument("-j", "--processes", type=int, default=min(4, os.cpu_count() or 1))
 
@@ -42,10 +43,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from medseg.cli.export import export_selection
     from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
     from medseg.dataset.layout import load_dataset
-    from medseg.evaluation.select import member_records, select_model, write_selection
-    from medseg.inference.bundle import export_model
+    from medseg.evaluation.select import select_model, write_selection
 
     plans = read_record(args.plans, PLANS_SCHEMA)
     splits = read_record(args.splits, SPLITS_SCHEMA)
@@ -58,11 +59,8 @@ def run(args: argparse.Namespace) -> int:
         configurations=args.configurations,
         processes=args.processes,
     )
-    members, checkpoints = member_records(plans, args.models, selection["members"])
-    export_model(args.model, plans, members, checkpoints,
-                 postprocessing=selection["postprocessing"],
-                 cross_validation={"chosen": selection["chosen"],
-                                   "candidates": selection["candidates"]})  # fmt: skip
+    if args.model:
+        export_selection(args.models, plans, selection, args.model)
     write_selection(selection, args.output / "selection.json")
     names = [n for _, n in plans["labels"]][1:]
     table = Table(title=f"cross-validation ({selection['cases']} cases): mean Dice")
@@ -74,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(key + mark, *per_label, f"{c['foreground_dice']:.4f}")
     out.print(table)
     steps = selection["postprocessing"]["steps"]
+    written = f"; model written to {args.model}" if args.model else ""
     out.print(f"chosen: {selection['chosen']}; postprocessing: "
-              f"{', '.join(s['method'] for s in steps) if steps else 'none'}; "
-              f"model written to {args.model}", highlight=False)  # fmt: skip
+              f"{', '.join(s['method'] for s in steps) if steps else 'none'}{written}",
+              highlight=False)  # fmt: skip
     return 0
