@@ -10,11 +10,13 @@ from rich.table import Table
 
 from medseg.cli.console import add_command, out
 
-HELP = "summarise a workflow results folder (dataset check, plans, preprocessing)"
+HELP = "summarise a workflow results folder (data, plans, cross-validation, model, test)"
 EPILOG = """\
 Reads the files the workflow wrote (dataset_check.json, fingerprint.json,
-plans.json, splits.json, preprocessed/*) and prints what they say. The
-Snakemake workflow prints this when it finishes.
+plans.json, splits.json, preprocessed/*, models/*, cv/selection.json, model/,
+predictions/) and prints what they say: the stages, the plans, the
+cross-validation Dice per class of every configuration and ensemble, the chosen
+model, and the test-set scores. The Snakemake workflow prints this at the end.
 
 Examples:
   medseg summary results/demo
@@ -55,6 +57,55 @@ def _stages(results: Path) -> Table:
         if done:
             table.add_row(f"preprocessed {folder.name}",
                           f"{len(done['cases'])} cases in {done['seconds']} s")  # fmt: skip
+    for metrics in sorted((results / "models").glob("*/fold_*/validation/metrics.json")):
+        m = _read(metrics)
+        if m:
+            dice = ", ".join(f"{k} {_fmt(v)}" for k, v in m["mean_dice"].items())
+            table.add_row(f"trained {metrics.parent.parent.parent.name} "
+                          f"{metrics.parent.parent.name}", f"validation Dice {dice}")  # fmt: skip
+    return table
+
+
+def _cv_table(selection: dict, plans: dict) -> Table:
+    labels = [(v, n) for v, n in plans["labels"] if v != 0]
+    table = Table(title=f"cross-validation Dice ({selection['cases']} cases)")
+    for col in ("configuration", *(n for _, n in labels), "mean"):
+        table.add_column(col)
+    for key, c in selection["candidates"].items():
+        cells = [_fmt(c["mean"][str(v)]["dice"]) for v, _ in labels]
+        name = f"{key} (chosen)" if key == selection["chosen"] else key
+        table.add_row(name, *cells, _fmt(c["foreground_dice"]),
+                      style="bold green" if key == selection["chosen"] else None)  # fmt: skip
+    return table
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _outputs(results: Path, selection: dict | None) -> Table:
+    table = Table(title="outputs", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("where")
+    if selection:
+        steps = selection["postprocessing"]["steps"]
+        post = ", ".join(f"{s['method']} {s['classes'] or 'all foreground'}" for s in steps)
+        table.add_row("model", f"{results / 'model'} ({selection['chosen']}; postprocessing: "
+                      f"{post or 'none'})")  # fmt: skip
+    test = _read(results / "predictions" / "summary.json")
+    manifest = results / "predictions" / "manifest.jsonl"
+    if manifest.exists():
+        lines = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
+        ok = sum(r["status"] == "ok" for r in lines)
+        detail = f"{ok} of {len(lines)} cases"
+        if test:
+            per_label = ", ".join(f"{test['labels'][k]} {_fmt(m['dice'])}"
+                                  for k, m in test["mean"].items())  # fmt: skip
+            detail += f"; test Dice {per_label}"
+        table.add_row("test predictions", f"{manifest.parent} ({detail})")
+    for name, path in (("QC overlays", "qc.png"), ("training curves", "training_curves.png")):
+        if (results / path).exists():
+            table.add_row(name, str(results / path))
     return table
 
 
@@ -65,4 +116,8 @@ def run(args: argparse.Namespace) -> int:
     plans = _read(args.results / "plans.json")
     if plans:
         out.print(plans_table(plans))
+    selection = _read(args.results / "cv" / "selection.json")
+    if selection and plans:
+        out.print(_cv_table(selection, plans))
+    out.print(_outputs(args.results, selection))
     return 0
