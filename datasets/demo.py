@@ -3,7 +3,7 @@
 Each case is a crop of an abdomen-like CT: air, a body outline with a
 subcutaneous fat ring, a vertebra, and two labelled structures of different
 sizes: an enhancing organ (label 1, ~120 HU) and a hypodense lesion inside it
-(label 2, ~50 HU). Intensities are Hounsfield-like (int16); voxels are
+(label 2, ~35 HU). Intensities are Hounsfield-like (int16); voxels are
 anisotropic and vary per case as in real CT collections (in-plane 0.7-0.9 mm,
 slices 2-3 mm, typically 0.8 x 0.8 x 2.5 mm), so planning picks a median target
 spacing and preprocessing really resamples (slice-wise, as nnU-Net does for
@@ -90,8 +90,9 @@ def make_case(case_id: str, rng: np.random.Generator) -> DemoCase:
     organ_c = (rng.uniform(-6, 6), rng.uniform(-2, 8), rng.uniform(-6, 6))
     organ_r = (rng.uniform(13, 19), rng.uniform(10, 15), rng.uniform(16, 24))
     organ = _ellipsoid(xy, organ_c, organ_r, rng.uniform(0, np.pi)) & muscle & ~spine
-    lesion_c = np.array(organ_c) + rng.uniform(-0.45, 0.45, 3) * np.array(organ_r)
-    lesion = _ellipsoid(xy, lesion_c, rng.uniform(4, 7, 3), rng.uniform(0, np.pi)) & organ
+    lesion_c = np.array(organ_c) + rng.uniform(-0.35, 0.35, 3) * np.array(organ_r)
+    lesion_r = (rng.uniform(5.5, 8.5), rng.uniform(5.5, 8.5), rng.uniform(6, 10))
+    lesion = _ellipsoid(xy, lesion_c, lesion_r, rng.uniform(0, np.pi)) & organ
 
     hu = np.full(shape, -1000.0)
     hu[body] = -100.0
@@ -99,7 +100,7 @@ def make_case(case_id: str, rng: np.random.Generator) -> DemoCase:
     hu[spine] = 400.0
     texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), (3, 3, 1))
     hu[organ] = 120.0 + 60.0 * texture[organ]
-    hu[lesion] = 50.0
+    hu[lesion] = 35.0
     hu = ndimage.gaussian_filter(hu, (0.6, 0.6, 0.3))  # partial volume
     hu += rng.normal(0, 12.0, shape)
     image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
