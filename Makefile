@@ -29,8 +29,8 @@ $(DEMO_DATA)/dataset.json: datasets/demo.py | $(STAMP)
 	$(BIN)/python datasets/demo.py $(DEMO_DATA) --force
 
 demo: $(STAMP) $(DEMO_DATA)/dataset.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 \
-		--configfile pipelines/config/demo.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile pipelines/profiles/local \
+		--cores 2 --configfile pipelines/config/demo.yaml
 
 # dciodvfy (Debian's dicom3tools) validates the DICOM-SEG files in the tests
 tools:

@@ -1,5 +1,6 @@
-# medseg workflow: dataset -> check -> fingerprint -> plan -> split -> preprocess
-# (-> train -> ensemble -> predict, added stage by stage). Each rule calls one medseg command.
+# medseg workflow: dataset -> check -> fingerprint -> plan -> split -> preprocess -> train
+# and validate (each configuration x fold) -> select (CV, ensembles, postprocessing) ->
+# export (model folder) -> predict a test folder -> evaluate, QC. Each rule calls one medseg command; see pipelines/rules/.
 #   snakemake --cores 2 --configfile pipelines/config/demo.yaml
 import json
 import os
@@ -28,14 +29,19 @@ MEDSEG_ENV = "../envs/medseg.yaml"  # relative to pipelines/rules/
 include: "pipelines/rules/common.smk"
 include: "pipelines/rules/dataset.smk"
 include: "pipelines/rules/prepare.smk"
+include: "pipelines/rules/train.smk"
+include: "pipelines/rules/select.smk"
+include: "pipelines/rules/predict.smk"
 
 
 rule all:
     default_target: True
     input:
         f"{OUT}/dataset_check.json",
-        f"{OUT}/splits.json",
-        planned_configurations,
+        f"{OUT}/cv/selection.json",
+        f"{OUT}/model/model.json",
+        f"{OUT}/training_curves.png",
+        test_targets(),
 
 
 onsuccess:

@@ -1,50 +1,132 @@
 """The Snakemake workflow, run for real on generated data."""
 
+from __future__ import annotations
+
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
 from conftest import ROOT
 
+from medseg.nets.checkpoint import load_checkpoint, model_weights
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+TINY = {
+    "processes": 2,
+    "configurations": ["3d_fullres"],
+    "folds": 2,
+    "device": "cpu",
+    "planner": {"gpu_memory_gb": 0.5, "base_features": 4,
+                "patch_size": {"3d_fullres": [8, 32, 32]}},
+    "training": {"epochs": 3, "iterations": 6, "val_iterations": 1, "workers": 0, "threads": 1,
+                 "mirroring": False, "mem_mb": 2000, "runtime": 10},
+}  # fmt: skip
+
+
+def snakemake(workdir: Path, *args: str, wait: bool = True):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        [
-            str(bin_dir / "snakemake"),
-            "-s",
-            str(ROOT / "Snakefile"),
-            "-d",
-            str(workdir),
-            "--cores",
-            "2",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    cmd = [str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--cores", "2", *args]  # fmt: skip
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
-def test_workflow_prepares_every_planned_configuration(demo_dataset, tmp_path):
-    result = snakemake(tmp_path, "--config", f"dataset={demo_dataset}", "output=out", "folds=3")
-    assert result.returncode == 0, result.stdout + result.stderr
+def tiny_config(tmp_path: Path, dataset: Path, output: str = "out") -> Path:
+    config = {**TINY, "dataset": str(dataset), "output": output,
+              "test": {"images": str(dataset / "imagesTs"), "labels": str(dataset / "labelsTs"),
+                       "formats": ["nifti"], "mirroring": False}}  # fmt: skip
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_whole_workflow_on_a_tiny_config(demo_dataset, tmp_path):
+    result = snakemake(tmp_path, "--configfile", str(tiny_config(tmp_path, demo_dataset)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
-    report = json.loads((out / "dataset_check.json").read_text())
-    assert report["n_cases"] == 6 and report["n_valid"] == 6
+    assert json.loads((out / "dataset_check.json").read_text())["n_valid"] == 6
     plans = json.loads((out / "plans.json").read_text())
-    assert set(plans["configurations"]) == {"2d", "3d_fullres"}  # all that planning creates
-    for name in plans["configurations"]:
-        done = json.loads((out / "preprocessed" / name / "preprocess.json").read_text())
-        assert len(done["cases"]) == 6
-    assert len(json.loads((out / "splits.json").read_text())["folds"]) == 3
-    for rule in ("check_dataset", "fingerprint", "plan", "split", "preprocess_3d_fullres"):
+    assert list(plans["configurations"]) == ["3d_fullres"]
+    for fold in (0, 1):
+        folder = out / "models" / "3d_fullres" / f"fold_{fold}"
+        assert load_checkpoint(folder / "checkpoint_final.safetensors")[1]["state"]["epoch"] == 2
+        metrics = json.loads((folder / "validation" / "metrics.json").read_text())
+        assert metrics["n_cases"] == 3 and set(metrics["mean_dice"]) == {"organ", "lesion"}
+        assert len(folder.joinpath("training_log.jsonl").read_text().splitlines()) == 3
+    selection = json.loads((out / "cv" / "selection.json").read_text())
+    assert selection["chosen"] == "3d_fullres" and selection["cases"] == 6
+    assert json.loads((out / "model" / "model.json").read_text())["members"][0]["folds"] == [0, 1]
+    lines = [
+        json.loads(x) for x in (out / "predictions" / "manifest.jsonl").read_text().splitlines()
+    ]
+    assert [x["status"] for x in lines] == ["ok", "ok"]
+    for x in lines:
+        pred = nib.load(x["outputs"]["nifti"])
+        src = nib.load(x["input"])
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+    test = json.loads((out / "predictions" / "summary.json").read_text())
+    assert test["n_cases"] == 2
+    for png in ("qc.png", "training_curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    rules = ("check_dataset", "fingerprint", "plan", "split", "preprocess_3d_fullres",
+             "train_3d_fullres_fold_0", "train_3d_fullres_fold_1", "validate_3d_fullres_fold_0",
+             "validate_3d_fullres_fold_1", "select", "export", "predict_test", "evaluate_test",
+             "qc", "curves")  # fmt: skip
+    for rule in rules:
         assert (out / "logs" / f"{rule}.log").exists(), rule
         assert (out / "benchmarks" / f"{rule}.tsv").exists(), rule
-    assert "6 of 6 cases valid" in result.stdout  # the closing summary
+    assert "cross-validation Dice" in result.stdout and "(chosen)" in result.stdout
+
+
+def _digest(out: Path) -> dict[str, str]:
+    """What must be identical between an interrupted-and-rerun and an uninterrupted run."""
+    digests = {}
+    for fold in (0, 1):
+        weights = model_weights(
+            load_checkpoint(
+                out / "models" / "3d_fullres" / f"fold_{fold}" / "checkpoint_final.safetensors"
+            )[0]
+        )
+        h = hashlib.sha256()
+        for k in sorted(weights):
+            h.update(k.encode() + weights[k].numpy().tobytes())
+        digests[f"weights_{fold}"] = h.hexdigest()
+    for f in sorted((out / "predictions").glob("*.nii.gz")):
+        digests[f.name] = hashlib.sha256(np.asanyarray(nib.load(f).dataobj).tobytes()).hexdigest()
+    selection = json.loads((out / "cv" / "selection.json").read_text())
+    digests["selection"] = json.dumps(selection["candidates"], sort_keys=True)
+    return digests
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_gives_the_same_outputs(demo_dataset, tmp_path):
+    whole = snakemake(tmp_path, "--configfile", str(tiny_config(tmp_path, demo_dataset, "a")))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    config = tiny_config(tmp_path, demo_dataset, "b")
+    local = ("--profile", str(ROOT / "pipelines/profiles/local"), "--cores", "2")
+    proc = snakemake(tmp_path, *local, "--configfile", str(config), wait=False)
+    log = tmp_path / "b" / "models" / "3d_fullres" / "fold_0" / "training_log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
+    proc.wait()
+    assert not (tmp_path / "b" / "cv" / "selection.json").exists()
+    rerun = snakemake(tmp_path, *local, "--configfile", str(config))  # the same command
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert _digest(tmp_path / "b") == _digest(tmp_path / "a")
 
 
 def test_workflow_lint_is_clean(tmp_path):
@@ -53,10 +135,12 @@ def test_workflow_lint_is_clean(tmp_path):
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path):
-    result = snakemake(tmp_path, "-n")
-    assert result.returncode != 0
-    assert "no dataset configured" in result.stdout + result.stderr
+def test_slurm_profile_dry_run(demo_dataset, tmp_path):
+    result = snakemake(tmp_path, "-n", "--profile", str(ROOT / "pipelines/profiles/slurm"),
+                       "--configfile", str(tiny_config(tmp_path, demo_dataset)),
+                       "--config", "device=cuda")  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "slurm_partition=cpu" in result.stdout
 
 
 def test_workflow_stops_on_a_broken_dataset(demo_module, tmp_path):
@@ -73,3 +157,9 @@ def test_unknown_config_key_fails_at_load(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "dataset=x", "epochz=3")
     assert result.returncode != 0
     assert "epochz" in result.stdout + result.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert "no dataset configured" in result.stdout + result.stderr

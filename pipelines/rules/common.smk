@@ -19,3 +19,47 @@ def planned_configurations(wildcards):
         for name, c in plans["configurations"].items()
         if "inherits_from" not in c
     ]
+
+
+def trainable_configurations(wildcards):
+    """Planned configurations medseg trains (a cascade's full-resolution stage is not
+    trained yet: it needs the low-resolution stage's CV predictions as input)."""
+    plans = json.loads(Path(checkpoints.plan.get().output[0]).read_text())
+    wanted = config["configurations"]
+    return [
+        name
+        for name, c in plans["configurations"].items()
+        if "previous_stage" not in c and (not wanted or name in wanted)
+    ]
+
+
+def trained_folds(wildcards):
+    """Every (configuration, fold) training job's final checkpoint."""
+    return [
+        f"{OUT}/models/{name}/fold_{fold}/checkpoint_final.safetensors"
+        for name in trainable_configurations(wildcards)
+        for fold in range(config["folds"])
+    ]
+
+
+def validated_folds(wildcards):
+    """Every (configuration, fold) fold validation's metrics (the CV predictions beside)."""
+    return [
+        f"{OUT}/models/{name}/fold_{fold}/validation/metrics.json"
+        for name in trainable_configurations(wildcards)
+        for fold in range(config["folds"])
+    ]
+
+
+def gpu_resource(wildcards=None):
+    return 1 if str(config["device"]).startswith("cuda") else 0
+
+
+def test_targets():
+    """What predicting the configured test folder produces (nothing without one)."""
+    if not config["test"].get("images"):
+        return []
+    targets = [f"{OUT}/predictions/manifest.jsonl", f"{OUT}/qc.png"]
+    if config["test"].get("labels"):
+        targets.append(f"{OUT}/predictions/summary.json")
+    return targets

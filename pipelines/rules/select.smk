@@ -1,0 +1,55 @@
+# Stage 5: score the cross-validation predictions of every configuration and pairwise
+# ensemble, choose the best and the postprocessing (select), and write the deployable
+# model folder (export).
+
+
+rule select:
+    input:
+        validated_folds,
+        dataset_json=f"{DATASET}/dataset.json",
+        plans=f"{OUT}/plans.json",
+        splits=f"{OUT}/splits.json",
+    output:
+        selection=f"{OUT}/cv/selection.json",
+    params:
+        models=f"{OUT}/models",
+        dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
+        cv=lambda wildcards, output: os.path.dirname(output.selection),
+    log:
+        f"{OUT}/logs/select.log",
+    benchmark:
+        f"{OUT}/benchmarks/select.tsv"
+    conda:
+        MEDSEG_ENV
+    threads: config["processes"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "medseg select {params.models:q} --dataset {params.dataset:q} --plans {input.plans:q} "
+        "--splits {input.splits:q} -o {params.cv:q} -j {threads} > {log:q} 2>&1"
+
+
+rule export:
+    input:
+        trained_folds,
+        selection=f"{OUT}/cv/selection.json",
+        plans=f"{OUT}/plans.json",
+    output:
+        model=f"{OUT}/model/model.json",
+    params:
+        models=f"{OUT}/models",
+        model=lambda wildcards, output: os.path.dirname(output.model),
+    log:
+        f"{OUT}/logs/export.log",
+    benchmark:
+        f"{OUT}/benchmarks/export.tsv"
+    conda:
+        MEDSEG_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "medseg export {params.models:q} --plans {input.plans:q} "
+        "--selection {input.selection:q} -o {params.model:q} > {log:q} 2>&1"
