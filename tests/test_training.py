@@ -172,3 +172,33 @@ def test_train_cli_then_fold_validation_in_original_geometry(tiny, demo_dataset,
             assert z["probabilities"].shape == (3, *original.shape)
             assert np.allclose(z["probabilities"].astype(np.float32).sum(0), 1, atol=1e-2)
         assert set(metrics["cases"][case_id]) == {"organ", "lesion"}
+
+
+def test_resume_sets_a_stale_checkpoint_aside(tiny, tmp_path):
+    """--resume with a checkpoint from another split starts over instead of mixing runs."""
+    root, plans, splits = tiny
+    settings = TrainSettings("3d_fullres", 0, device="cpu", epochs=1, iterations=2,
+                             val_iterations=1, workers=0)  # fmt: skip
+    train(plans, splits, root / "pre", tmp_path / "m", settings)
+    other = {**splits, "folds": [splits["folds"][1], splits["folds"][0]]}
+    train(plans, other, root / "pre", tmp_path / "m", settings, resume=True)
+    assert (tmp_path / "m" / "checkpoint_latest.stale").exists()
+    state = load_checkpoint(tmp_path / "m" / "checkpoint_latest.safetensors")[1]["state"]
+    assert state["cases"]["val"] == sorted(other["folds"][0]["val"])
+    history = [json.loads(line) for line in (tmp_path / "m" / "training_log.jsonl").open()]
+    assert history[-1]["epoch"] == 0  # trained again from the start
+
+
+def test_validation_only_needs_a_finished_training(tiny, demo_dataset, tmp_path):
+    root, _, _ = tiny
+    base = _train_cmd(root, tmp_path / "m", 1)
+    base.remove("--no-validation")
+    result = subprocess.run([*base, "--validation-only", "--dataset", str(demo_dataset)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0 and "no checkpoint_final" in result.stderr
+    assert subprocess.run([*base, "--no-validation"], capture_output=True).returncode == 0
+    result = subprocess.run([*base, "--validation-only", "--dataset", str(demo_dataset),
+                             "--no-mirroring"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "epoch" not in result.stdout and "fold validation (3 cases)" in result.stdout
+    assert (tmp_path / "m" / "validation" / "metrics.json").exists()
