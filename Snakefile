@@ -20,6 +20,13 @@ if "dataset" not in config:
         "--configfile pipelines/config/hippocampus.yaml, or --config dataset=PATH"
     )
 validate(config, "pipelines/schemas/config.schema.yaml", set_default=True)
+if "3d_cascade_fullres" in config["configurations"]:
+    raise WorkflowError(
+        "configurations: medseg does not train 3d_cascade_fullres yet (it needs the "
+        "3d_lowres cross-validation predictions as extra input); remove it from "
+        "`configurations`. 3d_lowres trains, and medseg predicts with cascade models "
+        "trained by nnU-Net."
+    )
 
 DATASET = str(Path(config["dataset"]))
 OUT = str(Path(config["output"]))

@@ -163,3 +163,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     result = snakemake(tmp_path, "-n")
     assert result.returncode != 0
     assert "no dataset configured" in result.stdout + result.stderr
+
+
+def test_cascade_training_request_is_a_clear_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "x", "configurations": ["3d_cascade_fullres"]}))
+    result = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert result.returncode != 0
+    assert "does not train 3d_cascade_fullres yet" in result.stdout + result.stderr
