@@ -30,12 +30,22 @@ import torch.nn.functional as F
 
 from medseg.core.errors import AugmentError
 from medseg.preprocessing.crop import OUTSIDE
+from medseg.training.augment_intensity import (
+    blur,
+    brightness,
+    contrast_rows,
+    gamma_rows,
+    lowres,
+    noise,
+    per_channel,
+    same_device,
+    uniform,
+)
 
 #: nnU-Net's anisotropy threshold for dummy-2D augmentation of 3D patches.
 ANISO_THRESHOLD = 3.0
 #: The scaling range nnU-Net uses to size the source patch (not the augmentation's own range).
 SOURCE_SCALING = (0.85, 1.25)
-_EPS = 1e-7
 Range = tuple[float, float]
 _RANGES = ("rotation", "scaling", "noise_variance", "blur_sigma", "brightness", "contrast")
 _RANGES += ("lowres_scale", "gamma")
@@ -179,23 +189,11 @@ def _draw(settings: AugmentSettings, b: int, c: int, generator) -> dict[str, tor
     }
 
 
-def _uniform(u: torch.Tensor, bounds: Range) -> torch.Tensor:
-    return bounds[0] + (bounds[1] - bounds[0]) * u
-
-
-def _bg_contrast(pick: torch.Tensor, u: torch.Tensor, bounds: Range) -> torch.Tensor:
-    """nnU-Net's BGContrast: p=0.5 from ``(low, 1)`` if low < 1, else ``(max(low, 1), high)``."""
-    below = (pick < 0.5) & (bounds[0] < 1)
-    lo = torch.where(below, bounds[0], max(bounds[0], 1.0))
-    hi = torch.where(below, 1.0, bounds[1])
-    return lo + (hi - lo) * u
-
-
 def _affines(p: dict, s: AugmentSettings, dim: int) -> torch.Tensor:
     """Output-to-source matrices ``(B, dim, dim)`` (voxel units, about the patch centres)."""
     on_rot, on_scale = p["rot_on"] < s.p_rotation, p["scale_on"] < s.p_scaling
-    angles = torch.where(on_rot[:, None], _uniform(p["angles"], s.rotation), 0.0)
-    scale = torch.where(on_scale, _uniform(p["scale"], s.scaling), 1.0)
+    angles = torch.where(on_rot[:, None], uniform(p["angles"], s.rotation), 0.0)
+    scale = torch.where(on_scale, uniform(p["scale"], s.scaling), 1.0)
     scales = scale[:, None].repeat(1, dim)
     if dim == 2 or s.dummy_2d:
         if s.dummy_2d:
@@ -244,128 +242,6 @@ def _spatial(image, label, patch: list[int], s: AugmentSettings, p: dict):
     return out_image, out_label
 
 
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """Whether two devices are the same (``cuda`` and ``cuda:0`` count as one on device 0)."""
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
-
-
-def _noise(image: torch.Tensor, p: dict, s: AugmentSettings, generator) -> torch.Tensor:
-    """Additive Gaussian noise, one standard deviation per sample, shared by its channels."""
-    on = (p["noise_on"] < s.p_noise).nonzero()[:, 0]
-    if on.numel() == 0:
-        return image
-    if not _same_device(generator.device, image.device):
-        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        generator = torch.Generator(device=image.device).manual_seed(seed)
-    shape = (on.numel(), *image.shape[1:])
-    field = torch.randn(shape, generator=generator, device=image.device, dtype=image.dtype)
-    sigma = _uniform(p["noise_sigma"][on], s.noise_variance).to(image.device, image.dtype)
-    field *= sigma.view(-1, *[1] * (image.ndim - 1))
-    return image.index_add_(0, on.to(image.device), field)
-
-
-def _gaussian_kernels(sigma: torch.Tensor) -> torch.Tensor:
-    """Normalised 1D kernels ``(N, K)``, each of batchgeneratorsv2's size (odd, about 6 sigma)."""
-    x = sigma * 6 + 0.5
-    r = torch.round(x)
-    size = torch.where(r % 2 == 1, r, torch.where(x - r >= 0, r + 1, r - 1))
-    width = int(size.max()) // 2
-    offsets = torch.arange(-width, width + 1, dtype=torch.float64)
-    w = torch.exp(-0.5 * (offsets / sigma[:, None]) ** 2)
-    w = w * (offsets.abs() <= (size[:, None] - 1) / 2)
-    return w / w.sum(dim=1, keepdim=True)
-
-
-def _blur_axis(x: torch.Tensor, kernels: torch.Tensor, axis: int) -> torch.Tensor:
-    """Per-row separable convolution of ``x (N, *spatial)`` along ``axis``, reflect padding."""
-    width, dim = kernels.shape[1] // 2, x.ndim - 1
-    pad = [0] * (2 * dim)
-    pad[2 * (dim - 1 - axis)], pad[2 * (dim - 1 - axis) + 1] = width, width
-    padded = F.pad(x[None], pad, mode="reflect")[0]
-    w = kernels.to(x.device, x.dtype).view(-1, kernels.shape[1], *[1] * dim)
-    out = torch.zeros_like(x)
-    for k in range(kernels.shape[1]):
-        out.addcmul_(w[:, k], padded.narrow(axis + 1, k, x.shape[axis + 1]))
-    return out
-
-
-def _rows(sample_on: torch.Tensor, channel_on: torch.Tensor) -> torch.Tensor:
-    """Flat ``b * C + c`` indices of the channels a stage changes: ``(B,)`` and ``(B, C)`` coins."""
-    return (sample_on[:, None] & channel_on).flatten().nonzero()[:, 0]
-
-
-def _blur(image: torch.Tensor, p: dict, s: AugmentSettings) -> torch.Tensor:
-    """Gaussian blur, own sigma per channel and axis (nnU-Net blurs all axes, also in dummy 2D)."""
-    rows = _rows(p["blur_on"] < s.p_blur, p["blur_chan"] < s.p_blur_per_channel)
-    if rows.numel() == 0:
-        return image
-    dim = image.ndim - 2
-    sigma = _uniform(p["blur_sigma"].reshape(-1, 3)[rows, :dim], s.blur_sigma)
-    flat, idx = image.view(-1, *image.shape[2:]), rows.to(image.device)
-    x = flat[idx]
-    for axis in range(dim):
-        x = _blur_axis(x, _gaussian_kernels(sigma[:, axis]), axis)
-    flat.index_copy_(0, idx, x)
-    return image
-
-
-def _brightness(image: torch.Tensor, p: dict, s: AugmentSettings) -> torch.Tensor:
-    """Multiply each channel of the chosen samples by its own BGContrast factor."""
-    on = p["brightness_on"] < s.p_brightness
-    if not on.any():
-        return image
-    factor = _bg_contrast(p["brightness_pick"], p["brightness"], s.brightness)
-    factor = torch.where(on[:, None], factor, 1.0).to(image.device, image.dtype)
-    return image.mul_(factor.view(*factor.shape, *[1] * (image.ndim - 2)))
-
-
-def _contrast_rows(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale rows ``(N, V)`` about their mean, clipped to their original range."""
-    mean = x.mean(dim=1, keepdim=True)
-    lo, hi = x.aminmax(dim=1, keepdim=True)
-    return ((x - mean) * factor + mean).clamp(lo, hi)
-
-
-def _gamma_rows(x: torch.Tensor, gamma: torch.Tensor, invert: bool) -> torch.Tensor:
-    """Gamma on rows ``(N, V)`` rescaled to [0, 1], keeping each row's mean and std."""
-    x = -x if invert else x
-    mean, std = x.mean(dim=1, keepdim=True), x.std(dim=1, keepdim=True)
-    lo, hi = x.aminmax(dim=1, keepdim=True)
-    span = hi - lo
-    x = ((x - lo) / span.clamp(min=_EPS)).pow(gamma) * span + lo
-    x = (x - x.mean(dim=1, keepdim=True)) * (std / x.std(dim=1, keepdim=True).clamp(min=_EPS))
-    x = x + mean
-    return -x if invert else x
-
-
-def _per_channel(image, p: dict, s: AugmentSettings, stage: str, p_sample: float, fn, **kw):
-    """Apply ``fn(rows, factor)`` to every channel of the chosen samples (BGContrast factor)."""
-    rows = _rows(p[f"{stage}_on"] < p_sample, torch.ones_like(p[stage], dtype=torch.bool))
-    if rows.numel() == 0:
-        return image
-    factor = _bg_contrast(p[f"{stage}_pick"], p[stage], getattr(s, stage.split("_")[0]))
-    factor = factor.flatten()[rows, None].to(image.device, image.dtype)
-    flat, idx = image.view(image.shape[0] * image.shape[1], -1), rows.to(image.device)
-    flat.index_copy_(0, idx, fn(flat[idx], factor, **kw))
-    return image
-
-
-def _lowres(image: torch.Tensor, p: dict, s: AugmentSettings) -> torch.Tensor:
-    """Downsample (nearest-exact) and upsample back ((bi/tri)linear), one scale per channel."""
-    rows = _rows(p["lowres_on"] < s.p_lowres, p["lowres_chan"] < s.p_lowres_per_channel)
-    shape = image.shape[2:]
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    scales = _uniform(p["lowres"].flatten()[rows], s.lowres_scale).tolist()
-    flat = image.view(-1, *shape)
-    for row, scale in zip(rows.tolist(), scales, strict=True):
-        small = [
-            n if (a == 0 and s.dummy_2d) else max(1, round(n * scale)) for a, n in enumerate(shape)
-        ]
-        low = F.interpolate(flat[row][None, None], size=small, mode="nearest-exact")
-        flat[row] = F.interpolate(low, size=list(shape), mode=mode, align_corners=False)[0, 0]
-    return image
-
-
 def _mirror(image, label, p: dict, s: AugmentSettings):
     """Flip each sample along each mirror axis with probability 0.5, image and label together."""
     for k, axis in enumerate(s.mirror_axes):
@@ -397,7 +273,7 @@ def _check(image: torch.Tensor, label: torch.Tensor, patch, s: AugmentSettings, 
             f"mirror_axes {s.mirror_axes} / masked_channels {s.masked_channels} do not exist in "
             f"{tuple(image.shape)}; use settings_for_patch(patch_size) for {dim}D settings"
         )
-    if generator.device.type != "cpu" and not _same_device(generator.device, image.device):
+    if generator.device.type != "cpu" and not same_device(generator.device, image.device):
         raise AugmentError(f"generator on {generator.device}: use one on the CPU or {image.device}")
 
 
@@ -434,13 +310,11 @@ def augment(
     p = _draw(settings, image.shape[0], image.shape[1], generator)
     s = settings
     image, label = _spatial(image, label, patch, s, p)
-    image = _blur(_noise(image, p, s, generator), p, s)
-    image = _per_channel(_brightness(image, p, s), p, s, "contrast", s.p_contrast, _contrast_rows)
-    image = _lowres(image, p, s)
-    image = _per_channel(
-        image, p, s, "gamma_inverted", s.p_gamma_inverted, _gamma_rows, invert=True
-    )
-    image = _per_channel(image, p, s, "gamma", s.p_gamma, _gamma_rows, invert=False)
+    image = blur(noise(image, p, s, generator), p, s)
+    image = per_channel(brightness(image, p, s), p, s, "contrast", s.p_contrast, contrast_rows)
+    image = lowres(image, p, s)
+    image = per_channel(image, p, s, "gamma_inverted", s.p_gamma_inverted, gamma_rows, invert=True)
+    image = per_channel(image, p, s, "gamma", s.p_gamma, gamma_rows, invert=False)
     image, label = _mirror(image, label, p, s)
     if s.masked_channels:
         channels = list(s.masked_channels)
