@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from medseg import __version__
 from medseg.core.errors import ModelError
 from medseg.core.records import RecordError, check_schema, read_record, resolve_configuration, stamp
+from medseg.io.atomic import atomic_dir
 
 MODEL_SCHEMA = ("medseg.model", 1)
 PLANS_SCHEMA_NAME = "medseg.plans"
@@ -81,9 +81,7 @@ def export_model(
     metadata only are kept: it is copied as is; training state is small beside them).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         needed = _needed(members)
         for configuration, folds in needed.items():
             resolve_configuration(plans, configuration)
@@ -107,12 +105,6 @@ def export_model(
         }, MODEL_SCHEMA)  # fmt: skip
         (tmp / "model.json").write_text(json.dumps(record, indent=1) + "\n")
         (tmp / "plans.json").write_text(json.dumps(plans, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

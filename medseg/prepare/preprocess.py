@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from medseg.core.parallel import parallel_map
 from medseg.core.records import resolve_configuration
 from medseg.dataset.check import read_case
 from medseg.dataset.layout import Case, DatasetSpec
-from medseg.io.atomic import write_text_atomic
+from medseg.io.atomic import atomic_dir, write_text_atomic
 from medseg.io.preprocessed import write_case
 from medseg.preprocessing.pipeline import preprocess_case
 
@@ -60,13 +58,8 @@ def preprocess_dataset(
     Returns the summary also written to ``out/preprocess.json``.
     """
     resolve_configuration(plans, configuration)  # fail early on an unknown name
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     start = time.perf_counter()
-    try:
+    with atomic_dir(out) as tmp:
         jobs = [
             _Job(spec, c, i, plans, configuration, tmp, seed) for i, c in enumerate(spec.training)
         ]
@@ -83,10 +76,4 @@ def preprocess_dataset(
         }
         write_text_atomic(tmp / "preprocess.json", json.dumps(summary, indent=1) + "\n")
         write_text_atomic(tmp / "plans.json", json.dumps(plans, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
