@@ -112,3 +112,13 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    from medseg.io.atomic import atomic_dir
+
+    with atomic_dir(tmp_path / "folder") as folder:  # e.g. a model folder
+        (folder / "a.json").write_text("{}")
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~mask
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "folder") as folder:
+        (folder / "b.json").write_text("{}")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "readable.nii.gz"]
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["a.json"]
