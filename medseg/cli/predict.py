@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
+from medseg.inference.batch import FORMATS
 
 HELP = "segment volumes or DICOM series with a trained model (NIfTI and DICOM-SEG out)"
 EPILOG = """\
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
         "--formats",
         nargs="+",
         default=["nifti", "dicom-seg"],
-        choices=("nifti", "dicom-seg", "probabilities"),
+        choices=FORMATS,
         help="outputs (default: nifti dicom-seg; dicom-seg only for DICOM inputs)",
     )
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default: 4)")

@@ -134,10 +134,6 @@ class BatchSettings:
 class BatchResult:
     records: list[dict] = field(default_factory=list)
 
-    @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.records if r["status"] == "failed"]
-
 
 def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
     paths = {}

@@ -123,12 +123,13 @@ def predict_volume(
     for member in bundle.members:
         p = predict_member(member, image, bundle, options, progress).array
         probs = p if probs is None else probs + p
-    probs = probs / len(bundle.members)
+    if len(bundle.members) > 1:
+        probs /= len(bundle.members)  # in place: probs is the sum just made
     label = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
     if bundle.postprocessing:
         from medseg.evaluation.postprocessing import apply_postprocessing
 
         label = apply_postprocessing(label, bundle.postprocessing)
-    return Volume(probs.astype(np.float32), image.affine, Kind.IMAGE), Volume.label(
+    return Volume(probs.astype(np.float32, copy=False), image.affine, Kind.IMAGE), Volume.label(
         label, image.affine
     )
