@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.errors import EvaluationError
-from medseg.core.records import resolve_configuration
+from medseg.core.records import resolve_configuration, stamp
 from medseg.core.volume import Volume
 from medseg.dataset.layout import DatasetSpec
 from medseg.evaluation.metrics import evaluate_folder, to_json_value, write_summary
@@ -119,9 +119,7 @@ def select_model(
     best = max(candidates, key=lambda k: (scores[k]["foreground_mean"]["dice"],
                                           -len(candidates[k])))  # fmt: skip
     postprocessing = choose_postprocessing(cv_dir / best, refs, labels, processes=processes)
-    return {
-        "schema": SELECTION_SCHEMA[0],
-        "schema_version": SELECTION_SCHEMA[1],
+    return stamp({
         "chosen": best,
         "members": candidates[best],
         "candidates": {
@@ -134,7 +132,7 @@ def select_model(
         },  # fmt: skip
         "postprocessing": postprocessing,
         "cases": len(cases),
-    }
+    }, SELECTION_SCHEMA)  # fmt: skip
 
 
 def member_records(plans: dict, models: Path, names: list[str]) -> tuple[list[dict], dict]:

@@ -23,11 +23,16 @@ from pathlib import Path
 
 from medseg import __version__
 from medseg.core.errors import ModelError
-from medseg.core.records import RecordError, check_schema, read_record, resolve_configuration, stamp
+from medseg.core.records import (
+    PLANS_SCHEMA,
+    RecordError,
+    read_record,
+    resolve_configuration,
+    stamp,
+)
 from medseg.io.atomic import atomic_dir
 
 MODEL_SCHEMA = ("medseg.model", 1)
-PLANS_SCHEMA_NAME = "medseg.plans"
 
 
 @dataclass
@@ -162,9 +167,8 @@ def load_model(path: Path, device="cpu", folds: list | None = None) -> ModelBund
         )
     try:
         meta = read_record(root / "model.json", MODEL_SCHEMA)
-        plans = json.loads((root / "plans.json").read_text(encoding="utf-8"))
-        check_schema(plans, (PLANS_SCHEMA_NAME, 1), str(root / "plans.json"))
-    except (RecordError, OSError, json.JSONDecodeError) as e:
+        plans = read_record(root / "plans.json", PLANS_SCHEMA)
+    except (RecordError, OSError) as e:
         raise ModelError(f"{root}: unreadable model folder: {e}") from e
     members = [_load_member(root, plans, m, folds, device) for m in meta["members"]]
     return ModelBundle(root, plans, [tuple(x) for x in meta["labels"]], list(meta["channel_names"]),
