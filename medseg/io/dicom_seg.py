@@ -133,6 +133,15 @@ def segment_plan(label_names: Mapping[int, str]) -> list[tuple[int, int, str]]:
     return plan
 
 
+def _value_counts(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Present values and their voxel counts; a bincount (no sort) for non-negative labels."""
+    if label.size and label.min() >= 0:
+        counts = np.bincount(label.ravel())
+        values = np.flatnonzero(counts)
+        return values, counts[values]
+    return np.unique(label, return_counts=True)
+
+
 def segment_number_array(label: np.ndarray, plan: Sequence[tuple[int, int, str]]) -> np.ndarray:
     """Map a label map ``(X, Y, Z)`` to segment numbers, same layout (uint8 or uint16).
 
@@ -142,7 +151,7 @@ def segment_number_array(label: np.ndarray, plan: Sequence[tuple[int, int, str]]
         If the label map holds a non-zero value that ``plan`` does not declare.
     """
     label = as_label_array(label)
-    values, counts = np.unique(label, return_counts=True)
+    values, counts = _value_counts(label)
     declared = {value for _, value, _ in plan}
     unknown = [
         (int(v), int(c)) for v, c in zip(values, counts, strict=True) if v and v not in declared
