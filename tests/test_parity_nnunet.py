@@ -66,6 +66,8 @@ def assert_plans_match(ours: dict, theirs: dict) -> None:
 
 
 def assert_intensities_close(ours: Fingerprint, theirs: dict) -> None:
+    per_channel = theirs["foreground_intensity_properties_per_channel"]
+    assert len(ours.foreground_intensity) == len(per_channel) > 0
     for c, stats in enumerate(ours.foreground_intensity):
         ref = theirs["foreground_intensity_properties_per_channel"][str(c)]
         scale = abs(ref["percentile_99_5"] - ref["percentile_00_5"])
