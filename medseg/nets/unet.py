@@ -9,7 +9,7 @@ from elsewhere cannot make medseg import arbitrary modules.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from medseg.core.errors import MedsegError
 
@@ -73,16 +73,3 @@ def build_network(
     with torch.device(device):
         return cls(input_channels=in_channels, num_classes=n_classes,
                    deep_supervision=deep_supervision, **kwargs)  # fmt: skip
-
-
-def conv_feature_map_size(
-    architecture: Mapping, patch_size: Sequence[int], in_channels: int, n_classes: int
-) -> int:
-    """Number of feature-map voxels the network produces for one patch.
-
-    This is nnU-Net's proxy for GPU memory (``compute_conv_feature_map_size`` of
-    the network without deep supervision); the network is built on the meta
-    device, so no weights are allocated.
-    """
-    net = build_network(architecture, in_channels, n_classes, device="meta")
-    return int(net.compute_conv_feature_map_size([int(p) for p in patch_size]))

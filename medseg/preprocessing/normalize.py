@@ -68,6 +68,7 @@ def normalize(
     maps the channel index (as a string) to the dataset's foreground statistics.
     """
     data = data.astype(np.float32, copy=False)
+    inside = seg >= 0 if any(use_mask) else None  # the same mask for every masked channel
     for c in range(data.shape[0]):
         try:
             fn = SCHEMES[schemes[c]]
@@ -75,6 +76,6 @@ def normalize(
             raise MedsegError(
                 f"unknown normalization scheme {schemes[c]!r}; known: {', '.join(SCHEMES)}"
             ) from None
-        mask = seg >= 0 if use_mask[c] else None
+        mask = inside if use_mask[c] else None
         data[c] = fn(data[c], mask, channel_props.get(str(c), {}))
     return data

@@ -115,7 +115,6 @@ def to_original(prediction: np.ndarray, record: dict, outside=None) -> Volume:
     if outside is None:
         outside = np.zeros(probs.shape[0], np.float32)
         outside[0] = 1.0
-    fill = np.asarray(outside, np.float32).reshape(-1, 1, 1, 1)
-    expanded = np.broadcast_to(fill, (probs.shape[0], *full)).copy()
-    expanded[(slice(None),) + tuple(slice(lo, hi) for lo, hi in box)] = probs
+    fill = np.asarray(outside, np.float32).reshape(-1, 1, 1, 1)  # one value per class
+    expanded = uncrop(probs, box, full, fill=fill)
     return from_processing(_untranspose(expanded, record), orientation, Kind.IMAGE)

@@ -114,4 +114,5 @@ def sample_batch(
         image, label = sample_patch(store, case_id, tuple(patch), force, rng)
         images.append(image)
         labels.append(label)
-    return np.stack(images).astype(np.float32), np.stack(labels)[:, None].astype(np.int16)
+    images = np.stack(images).astype(np.float32, copy=False)  # stack made a new array
+    return images, np.stack(labels)[:, None].astype(np.int16)
