@@ -229,6 +229,24 @@ def test_dicom_series_predicted(interop) -> None:
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == record["series_uid"]
 
 
+def test_dicom_seg_holds_the_predicted_labels(interop) -> None:
+    """End to end with real content (this model predicts both structures): the SEG passes
+    dciodvfy and reads back equal to the NIfTI label map, frames in the series' geometry."""
+    from dicom_tools import dciodvfy_errors, require_dciodvfy
+
+    from medseg.io import read_dicom_series
+    from medseg.io.dicom_seg_read import read_dicom_seg
+
+    require_dciodvfy()
+    for record in interop["dicom_records"]:
+        outputs = _outputs(record)
+        label = _labels(outputs["nifti"])[0]
+        assert set(np.unique(label)) == {0, 1, 2}, record["input"]
+        _, info = read_dicom_series(Path(record["input"]))
+        assert dciodvfy_errors(outputs["dicom-seg"]) == []
+        assert np.array_equal(read_dicom_seg(outputs["dicom-seg"], info), label)
+
+
 def test_dicom_series_matches_nnunet_on_its_conversion(interop) -> None:
     """The series read by medseg vs the same series converted by SimpleITK, run by nnU-Net."""
     (record,) = [r for r in interop["dicom_records"] if r["input"].endswith(DICOM_PARITY)]

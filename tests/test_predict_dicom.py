@@ -58,6 +58,12 @@ def medseg(*args):
 
 
 def test_dicom_series_to_nifti_and_dicom_seg(hippocampus_model, dicom_dir, tmp_path):
+    """medseg's own model, DICOM in: geometry, dciodvfy, read-back, names, manifest.
+
+    This minute-long training mostly predicts background on these crops, so the
+    read-back with real content is tested with the nnU-Net interop model, which
+    predicts both structures there (test_nnunet_interop.py::
+    test_dicom_seg_holds_the_predicted_labels)."""
     require_dciodvfy()
     out = tmp_path / "out"
     inputs = [dicom_dir / s for s in SERIES]
