@@ -63,7 +63,7 @@ def test_info_dicom_json(dicom_dir):
 
 def test_info_on_invalid_series_is_a_clear_error(dicom_dir):
     result = run_cli("info", dicom_dir / "invalid_series" / "notavolume" / "001")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "error:" in result.stderr and "not a volume" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -90,6 +90,6 @@ def test_convert_canonical_and_label(demo_dataset, tmp_path):
 
 def test_missing_input_is_an_error_not_a_traceback(tmp_path):
     result = run_cli("convert", tmp_path / "nope.nii.gz", tmp_path / "out.nii.gz")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "nope.nii.gz: file not found" in result.stderr
     assert not (tmp_path / "out.nii.gz").exists()

@@ -59,7 +59,7 @@ def test_fingerprint_stops_on_a_bad_case_and_writes_nothing(demo_module, tmp_pat
     (root / "labelsTr" / "demo_002.nii.gz").write_bytes(b"\x1f\x8b garbage")
     out = tmp_path / "fp.json"
     r = medseg("fingerprint", root, "-o", out)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "case demo_002: labelsTr/demo_002.nii.gz: cannot read" in r.stderr
     assert "--skip-invalid" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and list(tmp_path.glob(".fp.json*")) == []
@@ -79,16 +79,16 @@ def test_preprocess_failure_leaves_no_output_folder(demo_module, tmp_path):
     lab = root / "labelsTr" / "demo_001.nii.gz"
     lab.write_bytes(lab.read_bytes()[:200])  # corrupt after planning
     r = medseg("preprocess", root, plans, "--config", "3d_fullres", "-o", tmp_path / "pre")
-    assert r.returncode == 1 and "demo_001" in r.stderr
+    assert r.returncode == 2 and "demo_001" in r.stderr
     assert not (tmp_path / "pre").exists() and list(tmp_path.glob(".pre.tmp-*")) == []
     r = medseg("preprocess", root, plans, "--config", "2d", "-o", tmp_path / "pre")
-    assert r.returncode == 1 and "no configuration '2d'" in r.stderr
+    assert r.returncode == 2 and "no configuration '2d'" in r.stderr
 
 
 def test_plan_refuses_a_wrong_record(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text(json.dumps({"schema": "medseg.plans", "schema_version": 1}))
     r = medseg("plan", bad, "-o", tmp_path / "p.json")
-    assert r.returncode == 1 and "not a medseg.fingerprint record" in r.stderr
+    assert r.returncode == 2 and "not a medseg.fingerprint record" in r.stderr
     r = medseg("plan", tmp_path / "missing.json", "-o", tmp_path / "p.json")
-    assert r.returncode == 1 and "file not found" in r.stderr
+    assert r.returncode == 2 and "file not found" in r.stderr

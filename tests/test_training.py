@@ -90,7 +90,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny, tmp_path):
     assert not (tmp_path / "cut" / "checkpoint_final.safetensors").exists()
     refused = subprocess.run(_train_cmd(root, tmp_path / "cut", 3), env=env,
                              capture_output=True, text=True)  # fmt: skip
-    assert refused.returncode == 1 and "--resume" in refused.stderr
+    assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = subprocess.run(_train_cmd(root, tmp_path / "cut", 3, "--resume"), env=env,
                              capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr

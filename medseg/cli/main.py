@@ -25,7 +25,7 @@ from medseg.cli import (
     train,
 )
 from medseg.cli.console import err, setup_logging
-from medseg.core.errors import MedsegError
+from medseg.cli.errors import EXIT_INTERRUPTED, describe_error
 
 COMMANDS = (
     info,
@@ -66,6 +66,10 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/
 
 Run 'medseg COMMAND --help' for the options of each command.
+
+Exit codes: 0 done; 1 some cases failed or problems were found (each named);
+2 bad usage or input (the message names the path and what to do); 3 internal
+error (the message names a file with the traceback for a bug report).
 """
 
 
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of any error (for bug reports)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
@@ -89,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return int(args.run(args) or 0)
-    except MedsegError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return 1
     except KeyboardInterrupt:
         err.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # every error ends as one line and an exit code, never a traceback
+        if args.debug:
+            raise
+        message, code = describe_error(e, args.command)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from medseg.core.errors import MedsegError
+
 
 def full_suffix(path: Path) -> str:
     """``.nii.gz`` for ``a.nii.gz``, ``.nrrd`` for ``a.nrrd``, ``''`` without one."""
@@ -39,20 +41,39 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     folders are created.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = full_suffix(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    with _naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=f".tmp{full_suffix(target)}", dir=target.parent
+        )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would
-        # (other accounts, e.g. a PACS sender, must be able to read outputs)
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, target)
+        with _naming(target):
+            yield tmp_path
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would
+            # (other accounts, e.g. a PACS sender, must be able to read outputs)
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+            os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """Report an operating-system error (no permission, disk full) against ``target``, the
+    path the user chose, not the hidden temporary file beside it."""
+    try:
+        yield
+    except OSError as e:
+        unnamed = e.filename is None or Path(e.filename).name.startswith(f".{target.name}.")
+        if isinstance(e, MedsegError) or e.errno is None or not unnamed:
+            raise
+        raise OSError(e.errno, e.strerror, str(target)) from e
+        if e.filename is not None and Path(e.filename).name.startswith(f".{target.name}."):
+            raise type(e)(e.errno, e.strerror, str(target)) from e
         raise
 
 
