@@ -18,14 +18,8 @@ from medseg.io.atomic import atomic_path
 
 
 def _affine_of(image: sitk.Image) -> np.ndarray:
-    dim = image.GetDimension()
-    spacing = np.ones(3)
-    origin = np.zeros(3)
-    direction = np.eye(3)
-    spacing[:dim] = image.GetSpacing()
-    origin[:dim] = image.GetOrigin()
-    direction[:dim, :dim] = np.array(image.GetDirection()).reshape(dim, dim)
-    return LPS_TO_RAS @ affine_from_components(spacing, direction, origin)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return LPS_TO_RAS @ affine_from_components(image.GetSpacing(), direction, image.GetOrigin())
 
 
 def read_itk(path: Path, kind: Kind) -> Volume:
@@ -39,12 +33,13 @@ def read_itk(path: Path, kind: Kind) -> Volume:
             f"{path}: SimpleITK cannot read this file ({str(e).strip().splitlines()[-1]}). "
             "The file may be corrupt, or its format is not supported."
         ) from e
-    if image.GetDimension() not in (2, 3):
-        raise VolumeReadError(f"{path}: expected a 2D or 3D image, got {image.GetDimension()}D")
-    arr = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C]) or (Y, X[, C])
+    if image.GetDimension() != 3:
+        raise VolumeReadError(
+            f"{path}: a {image.GetDimension()}D image; medseg reads and segments 3D volumes. "
+            "Give the whole volume or series."
+        )
+    arr = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C])
     n_comp = image.GetNumberOfComponentsPerPixel()
-    if image.GetDimension() == 2:
-        arr = arr[None]
     arr = np.moveaxis(arr, -1, 0) if n_comp > 1 else arr[None]  # (C, Z, Y, X)
     arr = np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)))  # (C, X, Y, Z)
     affine = _affine_of(image)

@@ -6,14 +6,20 @@ medseg volumes are channel-first, so the channel axis moves on read and write.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medseg.core.errors import VolumeReadError
+from medseg.core.sanity import Finding
 from medseg.core.volume import Kind, Volume, as_label_array, smallest_int_dtype
+from medseg.geometry.affine import grid_mismatch
 from medseg.io.atomic import atomic_path
+
+#: sform and qform agree if no voxel centre moves by more than this fraction of a voxel.
+SFORM_QFORM_TOLERANCE = 0.1
 
 
 def read_nifti_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +43,10 @@ def read_nifti_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim == 5 and data.shape[3] == 1:  # (X, Y, Z, 1, C): NIfTI's vector intent
         data = data[:, :, :, 0, :]
     if data.ndim == 2:
-        data = data[:, :, None]
+        raise VolumeReadError(
+            f"{path}: a 2D image (shape {data.shape[0]} x {data.shape[1]}); medseg reads and "
+            "segments 3D volumes. Give the whole volume or series."
+        )
     if data.ndim not in (3, 4):
         raise VolumeReadError(f"{path}: expected a 3D or 4D image, got shape {data.shape}")
     return data, affine
@@ -80,3 +89,51 @@ def write_nifti(volume: Volume, path: Path) -> None:
     img.set_qform(np.asarray(volume.affine), code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def nifti_header_findings(path: Path) -> list[Finding]:
+    """Problems of a NIfTI header's geometry that make the scan's position or size ambiguous.
+
+    * ``pixdim``: a voxel size pixdim[1..3] that is zero, negative or not finite
+      (nibabel silently uses 1 mm or its absolute value, ITK reads it as given);
+    * ``sform_qform``: sform and qform both set but placing voxels differently by
+      more than a tenth of a voxel (medseg reads the sform; other tools, e.g. ITK on
+      some versions, the qform);
+    * ``no_orientation`` (a warning): neither set, so the orientation is a guess.
+
+    An unreadable header gives no findings: reading the file reports that.
+    """
+    try:  # the header as stored: nibabel's load would quietly "fix" pixdim
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = f.read(540)
+        nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
+        kind = nib.Nifti2Header if nifti2 else nib.Nifti1Header
+        header = kind.from_fileobj(io.BytesIO(raw), check=False)
+    except Exception:  # reading the volume names the problem
+        return []
+    n = min(3, int(header["dim"][0]))
+    pixdim = [float(v) for v in header["pixdim"][1 : n + 1]]
+    found = []
+    if not all(np.isfinite(v) and v > 0 for v in pixdim):
+        found.append(Finding("pixdim", (
+            f"{path}: the header's voxel size pixdim[1..{n}] = {tuple(pixdim)} is not positive; "
+            "tools disagree on this scan's spacing. Fix the header (re-export the scan)."
+        )))  # fmt: skip
+    sform, s_code = header.get_sform(coded=True)
+    qform, q_code = header.get_qform(coded=True)
+    if s_code and q_code:
+        shape = tuple(int(v) for v in header["dim"][1:4])
+        diff = grid_mismatch(sform, qform, shape, SFORM_QFORM_TOLERANCE)
+        if diff:
+            found.append(Finding("sform_qform", (
+                f"{path}: sform and qform disagree ({diff}); medseg reads the sform, other "
+                "tools may read the qform, so the scan's position is ambiguous. Make them agree "
+                "(e.g. set the qform from the sform with nibabel, or fslorient -copysform2qform)."
+            )))  # fmt: skip
+    elif not s_code and not q_code:
+        found.append(Finding("no_orientation", (
+            f"{path}: the header holds no orientation (sform and qform codes are 0); medseg "
+            "uses the NIfTI default (no rotation, voxel size from pixdim), which other tools "
+            "may read differently."
+        ), refuse=False))  # fmt: skip
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.core.errors import VolumeReadError
+from medseg.core.sanity import Finding
 from medseg.core.volume import Kind, Volume
 from medseg.io.atomic import full_suffix
 from medseg.io.nifti import read_nifti, write_nifti
@@ -66,6 +67,21 @@ def read_volume(
         f"{path}: unsupported file type {suffix or '(no extension)'!r}. medseg reads NIfTI "
         f"({', '.join(NIFTI_SUFFIXES)}), {', '.join(ITK_SUFFIXES)} and DICOM series folders."
     )
+
+
+def header_findings(path: str | Path) -> list[Finding]:
+    """Geometry problems in a volume file's header that reading alone does not stop.
+
+    NIfTI only (sform/qform disagreement, invalid voxel size, no orientation; see
+    :func:`medseg.io.nifti.nifti_header_findings`); other formats and DICOM series
+    are checked while they are read.
+    """
+    path = Path(path)
+    if path.is_file() and full_suffix(path).lower() in NIFTI_SUFFIXES:
+        from medseg.io.nifti import nifti_header_findings
+
+        return nifti_header_findings(path)
+    return []
 
 
 def write_volume(volume: Volume, path: str | Path) -> None:
