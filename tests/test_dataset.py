@@ -82,7 +82,7 @@ def test_wrong_channel_count_nan_and_empty_label(tmp_path):
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     affine = np.eye(4)
-    img = np.ones((2, 6, 6, 6), np.float32)
+    img = np.random.default_rng(0).normal(0, 1, (2, 6, 6, 6)).astype(np.float32)
     img[1, 0, 0, 0] = np.nan
     write_volume(Volume(img, affine, "image"), root / "imagesTr" / "a.nii.gz")
     write_volume(
@@ -202,7 +202,8 @@ def test_three_injected_faults_give_exactly_three_problems(hippocampus, tmp_path
     lab_path.unlink()
     nib.save(nib.Nifti1Image(arr, lab.affine), lab_path)
 
-    report = check_dataset(load_dataset(root), processes=2)
+    # the copy links into the shared data, outside its own folder
+    report = check_dataset(load_dataset(root), CheckSettings(allow_outside_links=True), processes=2)
     assert report.n_cases == 200 and report.n_valid == 197
     assert [p.case_id for p in report.problems] == [
         "hippocampus_003",
@@ -221,3 +222,57 @@ def test_label_values_must_be_consecutive(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match="consecutive 0, 1, 2"):
         load_dataset(tmp_path)
+
+
+def test_num_training_is_read_and_must_be_an_integer(tmp_path):
+    root = make_nnunet_dataset(tmp_path / "N", n_cases=2, n_channels=1)
+    assert load_dataset(root).declared_training == 2
+    meta = json.loads((root / "dataset.json").read_text())
+    for bad in ("2", 2.5, True, -1):
+        (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": bad}))
+        with pytest.raises(DatasetError, match="'numTraining' must be the number"):
+            load_dataset(root)
+    del meta["numTraining"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert load_dataset(root).declared_training is None
+
+
+def test_num_training_mismatch_is_one_dataset_problem(tmp_path):
+    root = make_nnunet_dataset(tmp_path / "N", n_cases=2, n_channels=1)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 5}))
+    report = check_dataset(load_dataset(root))
+    (problem,) = report.problems
+    assert problem.case_id == "dataset.json" and "numTraining is 5, but 2" in problem.message
+    assert report.n_valid == 2 and report.bad_cases == () and not report.ok
+
+
+def test_outside_links_are_problems_unless_allowed(tmp_path):
+    root = make_nnunet_dataset(tmp_path / "L", n_cases=1, n_channels=1)
+    store = tmp_path / "store"
+    store.mkdir()
+    image = root / "imagesTr" / "case_000_0000.nii.gz"
+    image.rename(store / image.name)
+    image.symlink_to(store / image.name)
+    (problem,) = check_dataset(load_dataset(root)).problems
+    assert "imagesTr/case_000_0000.nii.gz: resolves to" in problem.message
+    assert "--allow-outside-links" in problem.message
+    assert check_dataset(load_dataset(root), CheckSettings(allow_outside_links=True)).ok
+    # a dataset folder that is itself a link is fine
+    (tmp_path / "alias").symlink_to(root)
+    assert check_dataset(load_dataset(tmp_path / "alias"), CheckSettings()).problems == (problem,)
+
+
+def test_no_orientation_is_a_warning_not_a_problem(tmp_path):
+    root = make_nnunet_dataset(tmp_path / "W", n_cases=1, n_channels=1)
+    for path in (root / "imagesTr" / "case_000_0000.nii.gz", root / "labelsTr" / "case_000.nii.gz"):
+        img = nib.load(path)
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+        img.set_sform(None, code=0)
+        img.set_qform(None, code=0)
+        nib.save(img, path)
+    report = check_dataset(load_dataset(root))
+    assert report.ok and report.n_valid == 1
+    image, label = report.warnings
+    assert "imagesTr/case_000_0000.nii.gz: the header holds no orientation" in image.message
+    assert label.case_id == "case_000" and "labelsTr/case_000.nii.gz" in label.message

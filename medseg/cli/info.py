@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from medseg.cli.console import add_command, out
@@ -17,6 +18,12 @@ EPILOG = """\
 PATH may be a NIfTI (.nii, .nii.gz), NRRD or MHA file, a DICOM file, or a folder
 holding a DICOM series. For a folder with several series, info lists them; pick
 one with --series.
+
+What 'medseg check', 'fingerprint' and 'predict' would refuse or warn about is
+shown as warnings ("findings" in --json), and info still succeeds: NaN/Inf or
+blank intensities, a single slice, and NIfTI headers with an invalid voxel size,
+disagreeing sform and qform (info shows the sform, as medseg reads it) or no
+orientation.
 
 Examples:
   medseg info scan.nii.gz
@@ -53,6 +60,24 @@ def describe(volume: Volume) -> dict:
             if len(values) <= 16:
                 facts["values"] = [int(v) for v in values]
     return facts
+
+
+def findings(path: Path, volume: Volume, facts: dict) -> list:
+    """What the sanity rules say about ``path`` (header) and ``volume`` (content).
+
+    A file that looks like a label map (integers, at most 16 values) is not called
+    blank for holding mostly background.
+    """
+    from medseg.core.sanity import Finding, image_findings
+    from medseg.io.volumes import header_findings
+
+    found = []
+    for f in header_findings(path):
+        if f.code == "sform_qform":
+            f = Finding(f.code, f"{f.message} Shown here: the sform.", f.refuse)
+        found.append(f)
+    label_like = len(facts.get("values", ())) > 1
+    return found + [f for f in image_findings(volume) if not (label_like and f.code == "blank")]
 
 
 def _series_table(path: Path, series) -> Table:
@@ -106,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         volume = read_volume(path, series_uid=args.series)
         facts["format"] = "file"
     facts.update(describe(volume))
+    facts["findings"] = [f.to_dict() for f in findings(path, volume, facts)]
     if args.json:
         print(json.dumps(facts))
         return 0
@@ -113,9 +139,11 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in facts.items():
-        if key in ("path", "affine"):
+        if key in ("path", "affine", "findings"):
             continue
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         table.add_row(key, text or "(none)")
+    for finding in facts["findings"]:
+        table.add_row("[yellow]warning[/]", escape(finding["message"]))
     out.print(table)
     return 0

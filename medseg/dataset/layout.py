@@ -55,6 +55,9 @@ class DatasetSpec:
     file_ending: str
     training: tuple[Case, ...]
     test: tuple[Case, ...]
+    #: ``numTraining`` as dataset.json declares it (None if absent); ``check`` compares it
+    #: with the cases found.
+    declared_training: int | None = None
 
     @property
     def n_channels(self) -> int:
@@ -102,6 +105,19 @@ def _indexed(mapping: object, key: str, where: str) -> tuple[str, ...]:
     if [i for i, _ in items] != list(range(len(items))):
         raise DatasetError(f"{where}: the keys of {key!r} must be 0, 1, ... without gaps")
     return tuple(v for _, v in items)
+
+
+def _declared_training(meta: dict, where: str) -> int | None:
+    """``numTraining`` if dataset.json gives it: a non-negative integer."""
+    value = meta.get("numTraining")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(
+            f"{where}: 'numTraining' must be the number of training cases (an integer), got "
+            f"{value!r}; correct it or remove the key"
+        )
+    return value
 
 
 def _labels(raw: object, name_to_value: bool, where: str) -> tuple[tuple[int, str], ...]:
@@ -158,6 +174,7 @@ def _load_msd(root: Path, meta: dict, where: str) -> DatasetSpec:
         file_ending=".nii.gz",
         training=_unique(cases, where),
         test=_unique(test, where),
+        declared_training=_declared_training(meta, where),
     )
 
 
@@ -202,6 +219,7 @@ def _load_nnunet(root: Path, meta: dict, where: str) -> DatasetSpec:
         file_ending=ending,
         training=_unique(cases, where),
         test=_unique(test, where),
+        declared_training=_declared_training(meta, where),
     )
 
 

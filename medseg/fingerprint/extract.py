@@ -115,7 +115,7 @@ def _run_job(job: _Job) -> tuple[CaseFacts | None, np.ndarray | None, dict | Non
         if not job.settings.skip_invalid:
             raise InvalidCaseError(
                 f"case {job.case.case_id}: "
-                + "; ".join(problems)
+                + "; ".join(p.rstrip(".") for p in problems)
                 + ". Fix the case (see 'medseg check') or pass --skip-invalid to exclude it."
             )
         return None, None, {"case_id": job.case.case_id, "problems": problems}

@@ -113,12 +113,12 @@ def nifti_header_findings(path: Path) -> list[Finding]:
         return []
     n = min(3, int(header["dim"][0]))
     pixdim = [float(v) for v in header["pixdim"][1 : n + 1]]
-    found = []
-    if not all(np.isfinite(v) and v > 0 for v in pixdim):
-        found.append(Finding("pixdim", (
+    if not all(np.isfinite(v) and v > 0 for v in pixdim):  # the qform is built from it too
+        return [Finding("pixdim", (
             f"{path}: the header's voxel size pixdim[1..{n}] = {tuple(pixdim)} is not positive; "
             "tools disagree on this scan's spacing. Fix the header (re-export the scan)."
-        )))  # fmt: skip
+        ))]  # fmt: skip
+    found = []
     sform, s_code = header.get_sform(coded=True)
     qform, q_code = header.get_qform(coded=True)
     if s_code and q_code:

@@ -8,6 +8,7 @@ rule check_dataset:
         report=f"{OUT}/dataset_check.json",
     params:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
+        links="--allow-outside-links" if config["allow_outside_links"] else "",
     log:
         f"{OUT}/logs/check_dataset.log",
     benchmark:
@@ -19,4 +20,5 @@ rule check_dataset:
         mem_mb=2000,
         runtime=30,
     shell:
-        "medseg check {params.dataset:q} -j {threads} --report {output.report:q} > {log:q} 2>&1"
+        "medseg check {params.dataset:q} -j {threads} {params.links} --report {output.report:q} "
+        "> {log:q} 2>&1"
