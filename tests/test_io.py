@@ -121,4 +121,7 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
         (folder / "b.json").write_text("{}")
         raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "readable.nii.gz"]
-    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["a.json"]
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == [
+        ".medseg-output.json",  # what kind of output it is: only such folders are replaced
+        "a.json",
+    ]

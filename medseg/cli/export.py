@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     from medseg.core.errors import RecordError
     from medseg.core.records import PLANS_SCHEMA, read_record
+    from medseg.io.guard import refuse_overlap
 
+    refuse_overlap([args.models, args.plans, args.selection], args.output, replaces=True)
     plans = read_record(args.plans, PLANS_SCHEMA)
     try:
         selection = json.loads(args.selection.read_text(encoding="utf-8"))

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from medseg.dataset.layout import load_dataset
     from medseg.fingerprint.extract import FingerprintSettings, extract_fingerprint
     from medseg.io.atomic import write_text_atomic
+    from medseg.io.guard import refuse_overlap
 
+    refuse_overlap([args.dataset], args.output)
     spec = load_dataset(args.dataset)
     if args.samples < 1:
         raise MedsegError("--samples must be at least 1")

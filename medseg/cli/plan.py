@@ -12,6 +12,7 @@ from medseg.cli.console import add_command, out
 from medseg.core.errors import MedsegError
 from medseg.core.records import FINGERPRINT_SCHEMA, Fingerprint, read_record
 from medseg.io.atomic import write_text_atomic
+from medseg.io.guard import refuse_overlap
 from medseg.planning.planner import CONFIGURATIONS, PlannerSettings, plan_experiment
 
 HELP = "plan spacing, normalization, networks, patch and batch sizes from a fingerprint"
@@ -100,6 +101,7 @@ def plans_table(plans: dict) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_overlap([args.fingerprint], args.output)
     fp = Fingerprint.from_dict(
         read_record(args.fingerprint, FINGERPRINT_SCHEMA), str(args.fingerprint)
     )

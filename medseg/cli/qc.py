@@ -49,8 +49,10 @@ def _image_for(images: Path, case: str) -> Path:
 
 def run_qc(args: argparse.Namespace) -> int:
     from medseg.evaluation.figures import OverlayCase, overlay_montage
+    from medseg.io.guard import refuse_overlap
     from medseg.io.volumes import read_volume
 
+    refuse_overlap([args.predictions, args.images, args.labels], args.output)
     cases = []
     for pred in sorted(args.predictions.glob("*.nii.gz"))[:8]:
         case = pred.name[: -len(".nii.gz")]
@@ -70,7 +72,9 @@ def run_qc(args: argparse.Namespace) -> int:
 
 def run_curves(args: argparse.Namespace) -> int:
     from medseg.evaluation.figures import training_curves
+    from medseg.io.guard import refuse_overlap
 
+    refuse_overlap([args.models], args.output)
     histories = {}
     for log in sorted(args.models.glob("*/fold_*/training_log.jsonl")):
         name = f"{log.parent.parent.name} {log.parent.name}"

@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
     from medseg.dataset.layout import load_dataset
     from medseg.evaluation.select import select_model, write_selection
+    from medseg.io.guard import refuse_overlap
 
+    inputs = [args.models, args.dataset, args.plans, args.splits]
+    refuse_overlap(inputs, args.output)
+    if args.model:
+        refuse_overlap(inputs + [args.output], args.model, replaces=True)
     plans = read_record(args.plans, PLANS_SCHEMA)
     splits = read_record(args.splits, SPLITS_SCHEMA)
     selection = select_model(

@@ -35,8 +35,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg.dataset.layout import load_dataset
     from medseg.io.atomic import write_text_atomic
+    from medseg.io.guard import refuse_overlap
     from medseg.planning.splits import make_splits, validate_splits
 
+    refuse_overlap([args.dataset, args.given], args.output)
     spec = load_dataset(args.dataset)
     ids = [c.case_id for c in spec.training]
     if args.given:

@@ -77,6 +77,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.io.guard import refuse_overlap
+
+    refuse_overlap([args.preprocessed, args.plans, args.splits, args.dataset], args.output)
     if args.threads:
         import torch
 

@@ -58,3 +58,12 @@ class RecordError(MedsegError, ValueError):
 
 class EvaluationError(MedsegError, ValueError):
     """Predictions and references cannot be evaluated together (missing, mismatched)."""
+
+
+class OutputError(MedsegError, ValueError):
+    """An output would overwrite, replace or sit inside an input, or a file that is not
+    medseg's own."""
+
+
+class InputRefusedError(MedsegError, ValueError):
+    """An input failed the sanity checks (non-finite, blank, not 3D, ambiguous geometry...)."""

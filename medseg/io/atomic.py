@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import MedsegError, OutputError
 
 
 def full_suffix(path: Path) -> str:
@@ -83,22 +84,53 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+#: Hidden file naming what kind of output a folder made by :func:`atomic_dir` is.
+STAMP_FILE = ".medseg-output.json"
+
+
+def _replaceable(target: Path, kind: str, recognize: str | None) -> bool:
+    """Whether ``target`` may be replaced: missing, empty, or an earlier output of ``kind``."""
+    if not target.exists():
+        return True
+    if not target.is_dir():
+        return False
+    if not any(target.iterdir()):
+        return True
+    try:
+        stamped = json.loads((target / STAMP_FILE).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        stamped = None
+    return stamped == kind or (recognize is not None and (target / recognize).is_file())
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(
+    target: str | os.PathLike, kind: str = "medseg output folder", recognize: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; it replaces ``target`` on success.
 
     All or nothing for outputs made of many files (a model folder, a preprocessed
     dataset): if the body raises, the temporary folder is removed and ``target`` is
     left as it was. Folders left behind by a killed run (``.NAME.tmp-*``) are
     removed first. Parent folders are created.
+
+    Nothing else is ever replaced: an existing ``target`` must be empty or an
+    earlier output of the same ``kind`` (stamped in a hidden file, or holding the
+    file ``recognize``, e.g. ``model.json``); otherwise :class:`OutputError`.
     """
     target = Path(target)
+    if not _replaceable(target, kind, recognize):
+        raise OutputError(
+            f"{target}: exists and is not a {kind} written by medseg; medseg replaces only "
+            "its own earlier outputs. Choose a new folder, or move this one away yourself."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        (tmp / STAMP_FILE).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders; others must read it
         if target.exists():
             shutil.rmtree(target)

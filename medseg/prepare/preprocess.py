@@ -59,7 +59,7 @@ def preprocess_dataset(
     """
     resolve_configuration(plans, configuration)  # fail early on an unknown name
     start = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "preprocessed folder", recognize="preprocess.json") as tmp:
         jobs = [
             _Job(spec, c, i, plans, configuration, tmp, seed) for i, c in enumerate(spec.training)
         ]
