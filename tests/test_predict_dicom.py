@@ -102,7 +102,9 @@ def test_batch_folder_with_invalid_series_continues(hippocampus_model, dicom_dir
     assert any("not a volume" in e for e in failed.values())
     assert any("slice(s) missing" in e for e in failed.values())
     assert any("mixed slice orientations" in e for e in failed.values())
-    assert failed["patient_b_ct"] == "wrong modality: the model expects MR, this series is CT"
+    assert failed["patient_b_ct"] == (
+        f"{hospital / 'patient_b' / 'ct'}: wrong modality: the model expects MR, this series is CT"
+    )
     for x in ok:
         assert (out / f"{x['case_id']}.nii.gz").exists()
     for case_id in failed:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
-from medseg.inference.batch import FORMATS
+from medseg.inference.inputs import FORMATS
 
 HELP = "segment volumes or DICOM series with a trained model (NIfTI and DICOM-SEG out)"
 EPILOG = """\
@@ -14,9 +14,21 @@ INPUT may be volume files (.nii.gz, .nii, .nrrd, .mha), DICOM series folders, or
 folders of many studies: every DICOM series found below them is one case. Each
 label map has the input's own geometry (same shape and affine; for DICOM, the
 series' geometry); DICOM inputs also get a DICOM-SEG referencing the series.
-Outputs are written atomically. A case that fails is recorded in
-OUTDIR/manifest.jsonl with the reason and the batch goes on; the exit code is 1
-if any case failed. --skip-existing makes an interrupted batch resumable.
+Outputs are written atomically, and never over an input: an OUTDIR inside an
+input folder, or an output that would replace an input file, is refused before
+anything is done (exit 2); an existing file in OUTDIR that medseg did not write
+is never overwritten (that case fails).
+
+Every scan passes a sanity gate first. Refused, with the reason: NaN/Inf voxels,
+no intensity variation (blank), a 2D image or single slice, the wrong number of
+channels, a DICOM modality the model was not trained on, a NIfTI header whose
+sform and qform disagree or whose voxel size is not positive, a volume too
+large for the free memory. Warned (recorded, the case is still predicted): a
+voxel size more than 3x from the model's training median on some axis, a NIfTI
+header without orientation. A case that fails is recorded in
+OUTDIR/manifest.jsonl with the reason (and the gate's findings) and the batch
+goes on; the exit code is 1 if any case failed. --skip-existing makes an
+interrupted batch resumable.
 
 MODEL is a medseg model folder or an nnU-Net v2 results folder
 (Trainer__Plans__Configuration with fold_*/checkpoint_final.pth).
@@ -88,6 +100,7 @@ def add_parser(sub) -> None:
 
 
 def _summary_table(records: list[dict]):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="medseg predict")
@@ -96,13 +109,26 @@ def _summary_table(records: list[dict]):
     for r in records:
         style = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
         seconds = sum(r.get("seconds", {}).values())
-        detail = r["error"] or ", ".join(Path(p).name for p in r.get("outputs", {}).values())
+        names = ", ".join(Path(p).name for p in r.get("outputs", {}).values())
+        detail = escape(r["error"] or names)
+        for finding in r.get("findings", []):
+            if not finding["refuse"]:
+                detail += f"\n[yellow]warning:[/] {escape(finding['message'])}"
         table.add_row(r["case_id"] or r["input"], f"[{style}]{r['status']}[/]", f"{seconds:.1f}",
                       detail)  # fmt: skip
     return table
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.inference.inputs import (
+        discover_inputs,
+        refuse_unsafe_output_folder,
+        refuse_unsafe_outputs,
+    )
+
+    refuse_unsafe_output_folder(args.input, args.output)  # before anything is read
+    cases, unusable = discover_inputs(args.input)
+    refuse_unsafe_outputs(cases, args.output, args.formats)
     if args.threads:
         import torch
 
@@ -114,23 +140,23 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     bundle = load_model(args.model, device, args.folds)
     engine = resolve_engine(args.engine, device)
-    return _predict(args, bundle, device, engine)
+    return _predict(args, bundle, device, engine, (cases, unusable))
 
 
-def _predict(args, bundle, device, engine: str) -> int:
+def _predict(args, bundle, device, engine: str, inputs) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from medseg.inference.batch import BatchSettings, WorkerModel, discover_inputs, run_batch
+    from medseg.inference.batch import BatchSettings, WorkerModel, run_batch
     from medseg.inference.engines import convert_bundle, use_openvino
     from medseg.inference.predict import PredictOptions
 
+    cases, unusable = inputs
     worker_model = WorkerModel(args.model, args.folds)
     if engine == "openvino":
         irs = convert_bundle(bundle, args.engine_cache)
         worker_model = WorkerModel(args.model, args.folds, irs)
         if args.workers <= 1:
             use_openvino(bundle, irs)
-    cases, unusable = discover_inputs(args.input)
     options = PredictOptions(step=args.step, mirroring=not args.no_mirroring,
                              tile_batch=args.tile_batch, device=str(device),
                              blend=args.blend)  # fmt: skip

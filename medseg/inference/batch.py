@@ -2,17 +2,19 @@
 
 Inputs are volume files (NIfTI, NRRD, MHA), DICOM series folders, or folders
 holding many studies (every DICOM series found recursively is a case). Each case
-is read, predicted and written atomically; a case that fails (unreadable, wrong
-modality, not a volume, too large for memory) is recorded in the manifest and
-the batch goes on. ``OUTDIR/manifest.jsonl`` gets one line per case and run:
-input, outputs (absolute paths), status, error, seconds per stage.
+is read, passed through the sanity gate (:mod:`medseg.inference.gate`), predicted
+and written atomically; a case that fails (unreadable, refused by the gate, too
+large for memory) is recorded in the manifest and the batch goes on.
+``OUTDIR/manifest.jsonl`` gets one line per case and run: input, outputs
+(absolute paths), status, error, findings (the gate's refusals and warnings),
+seconds per stage. An existing file in OUTDIR that medseg did not write is never
+overwritten: that case fails instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -20,100 +22,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medseg.core.crash import internal_error_message, write_crash_report
 from medseg.core.errors import MedsegError
-from medseg.io.atomic import full_suffix
+from medseg.inference.inputs import FORMATS, CaseInput, outputs_for
 
 log = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-FORMATS = ("nifti", "dicom-seg", "probabilities")
-#: Channel names that mean "this model expects CT" / "expects MR".
-CT_NAMES = {"ct"}
-MR_NAMES = {"mr", "mri", "t1", "t1w", "t1gd", "t1ce", "t2", "t2w", "flair", "adc", "dwi", "pd"}
+__all__ = ["FORMATS", "BatchResult", "BatchSettings", "WorkerModel", "run_batch"]
 
-
-@dataclass(frozen=True)
-class CaseInput:
-    """One case to predict: a volume file, or one DICOM series in a folder."""
-
-    case_id: str
-    path: Path
-    series_uid: str | None = None
-
-    @property
-    def is_dicom(self) -> bool:
-        return self.path.is_dir()
-
-
-def _file_case_id(path: Path) -> str:
-    return path.name[: -len(full_suffix(path))] if full_suffix(path) else path.name
-
-
-def _dicom_cases(folder: Path) -> list[CaseInput]:
-    from medseg.io.dicom_series import scan_series
-
-    by_folder: dict[Path, list] = {}
-    for series in scan_series(folder, recursive=True):
-        parents = {f.parent for f in series.files}
-        by_folder.setdefault(min(parents), []).append(series)
-    cases = []
-    for parent, group in sorted(by_folder.items()):
-        rel = parent.relative_to(folder).as_posix()
-        base = folder.name if rel == "." else rel.replace("/", "_")
-        for s in group:
-            suffix = f"_{s.uid.split('.')[-1]}" if len(group) > 1 else ""
-            cases.append(CaseInput(base + suffix, parent, s.uid or None))
-    return cases
-
-
-def discover_inputs(paths: list[Path]) -> tuple[list[CaseInput], list[dict]]:
-    """Cases found in ``paths``, and failures for paths that hold nothing usable."""
-    cases, failures = [], []
-    for path in map(Path, paths):
-        if path.is_file() and full_suffix(path).lower() in VOLUME_SUFFIXES:
-            cases.append(CaseInput(_file_case_id(path), path))
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and full_suffix(p).lower() in VOLUME_SUFFIXES)  # fmt: skip
-            cases += [CaseInput(_file_case_id(f), f) for f in files]
-            found = _dicom_cases(path)
-            cases += found
-            if not files and not found:
-                failures.append({"input": str(path), "error": "no volume files or DICOM series"})
-        else:
-            what = "not found" if not path.exists() else "not a volume file or folder"
-            failures.append({"input": str(path), "error": what})
-    seen: dict[str, int] = {}
-    unique = []
-    for case in cases:  # make ids unique, keeping the first as is
-        n = seen.get(case.case_id, 0)
-        seen[case.case_id] = n + 1
-        unique.append(case if n == 0 else CaseInput(f"{case.case_id}_{n}", case.path,
-                                                    case.series_uid))  # fmt: skip
-    return unique, failures
-
-
-def check_modality(modality: str, channel_names: list[str]) -> None:
-    """Refuse a DICOM series whose modality the model was clearly not trained on."""
-    names = {n.casefold() for n in channel_names}
-    if names & CT_NAMES and modality and modality != "CT":
-        raise MedsegError(f"wrong modality: the model expects CT, this series is {modality}")
-    if names & MR_NAMES and modality and modality != "MR":
-        raise MedsegError(f"wrong modality: the model expects MR, this series is {modality}")
-
-
-def check_memory(shape, n_channels: int, n_classes: int) -> None:
-    """Fail early, clearly, when a volume cannot fit in the memory that is free."""
-    import psutil
-
-    voxels = math.prod(shape)
-    need = voxels * 4 * (3 * n_channels + 4 * n_classes)  # float32 copies: input, logits, probs
-    free = psutil.virtual_memory().available
-    if need > free:
-        raise MedsegError(
-            f"too large for memory: {tuple(shape)} voxels need about {need / 1e9:.1f} GB, "
-            f"{free / 1e9:.1f} GB are free; use a machine with more memory"
-        )
+MANIFEST = "manifest.jsonl"
+#: Hidden ledger of the output files medseg claimed in a folder before writing them, so a
+#: rerun after a crash may replace them while any other file there is never overwritten.
+CLAIMS = ".medseg-claims"
 
 
 @dataclass(frozen=True)
@@ -135,34 +55,55 @@ class BatchResult:
     records: list[dict] = field(default_factory=list)
 
 
-def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
-    paths = {}
-    if "nifti" in formats:
-        paths["nifti"] = out / f"{case.case_id}.nii.gz"
-    if "dicom-seg" in formats and case.is_dicom:
-        paths["dicom-seg"] = out / f"{case.case_id}.seg.dcm"
-    if "probabilities" in formats:
-        paths["probabilities"] = out / f"{case.case_id}_probabilities.npz"
-    return paths
+def owned_outputs(out: Path) -> frozenset[str]:
+    """Files in ``out`` that medseg predict wrote or claimed (claims ledger and manifest)."""
+    owned = set()
+    if (out / CLAIMS).is_file():
+        owned.update(line for line in (out / CLAIMS).read_text("utf-8").splitlines() if line)
+    if (out / MANIFEST).is_file():
+        for line in (out / MANIFEST).read_text("utf-8").splitlines():
+            try:
+                owned.update(json.loads(line).get("outputs", {}).values())
+            except (ValueError, AttributeError):
+                continue  # a line cut short by a killed run
+    return frozenset(owned)
 
 
-def _predict_case(bundle, case: CaseInput, paths: dict, options, timing: dict, progress):
-    from medseg.inference.predict import predict_volume
-    from medseg.io.volumes import read_volume, write_volume
+def _claim(out: Path, paths: dict[str, Path]) -> None:
+    """Record ``paths`` as medseg's before writing them (one durable line each)."""
+    with open(out / CLAIMS, "a", encoding="utf-8") as ledger:
+        ledger.write("".join(f"{p.resolve()}\n" for p in paths.values()))
+        ledger.flush()
+        os.fsync(ledger.fileno())
 
-    t = time.perf_counter()
-    series = None
+
+def _read_scan(case: CaseInput):
+    """The case's image, its DICOM series (or None) and its file's header findings."""
     if case.is_dicom:
         from medseg.io.dicom_series import read_dicom_series
 
         image, series = read_dicom_series(case.path, case.series_uid)
-        check_modality(series.modality, bundle.channel_names)
-    else:
-        image = read_volume(case.path)
-    check_memory(image.spatial_shape, image.n_channels, len(bundle.labels))
-    timing["read"], t = time.perf_counter() - t, time.perf_counter()
+        return image, series, []
+    from medseg.io.volumes import header_findings, read_volume
+
+    return read_volume(case.path), None, header_findings(case.path)
+
+
+def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, progress):
+    from medseg.inference.gate import ModelFacts, enforce, scan_findings
+    from medseg.inference.predict import predict_volume
+    from medseg.io.volumes import write_volume
+
+    t = time.perf_counter()
+    image, series, header = _read_scan(case)
+    modality = series.modality if series else None
+    findings = scan_findings(image, ModelFacts.of(bundle), header=header, modality=modality)
+    notes["findings"] = [f.to_dict() for f in findings]
+    for warning in enforce(findings, str(case.path)):
+        log.warning("%s: %s", case.case_id, warning.message)
+    notes["read"], t = time.perf_counter() - t, time.perf_counter()
     probs, label = predict_volume(bundle, image, options, progress)
-    timing["predict"], t = time.perf_counter() - t, time.perf_counter()
+    notes["predict"], t = time.perf_counter() - t, time.perf_counter()
     if "nifti" in paths:
         write_volume(label, paths["nifti"])
     if "dicom-seg" in paths:
@@ -173,21 +114,38 @@ def _predict_case(bundle, case: CaseInput, paths: dict, options, timing: dict, p
         from medseg.io.probabilities import save_probabilities
 
         save_probabilities(paths["probabilities"], probs.array, probs.affine)
-    timing["write"] = time.perf_counter() - t
+    notes["write"] = time.perf_counter() - t
 
 
-def _case_record(bundle, case: CaseInput, out: Path, options, settings, run_id, progress):
+def _foreign(paths: dict[str, Path], owned: frozenset[str]) -> str | None:
+    """Why ``paths`` may not be written: an existing file medseg did not write."""
+    taken = [p for p in paths.values() if p.exists() and str(p.resolve()) not in owned]
+    if not taken:
+        return None
+    return (
+        f"{taken[0]}: exists and was not written by medseg predict (not in {MANIFEST}); "
+        "medseg never overwrites it. Move it away or choose another output folder."
+    )
+
+
+def _case_record(bundle, case: CaseInput, out: Path, options, settings, run_id, progress,
+                 owned: frozenset[str] = frozenset()):  # fmt: skip
     """Predict (or skip) one case and describe what happened, for the manifest."""
     paths = outputs_for(case, out, settings.formats)
     record = {"run": run_id, "case_id": case.case_id, "input": str(case.path.resolve()),
               "series_uid": case.series_uid,
               "outputs": {k: str(v.resolve()) for k, v in paths.items()}}  # fmt: skip
-    timing: dict[str, float] = {}
-    if settings.skip_existing and paths and all(p.exists() for p in paths.values()):
+    notes: dict = {}
+    foreign = _foreign(paths, owned)
+    if foreign:
+        record.update(status="failed", error=foreign)
+    elif settings.skip_existing and paths and all(p.exists() for p in paths.values()):
         record.update(status="skipped", error=None)
     else:
-        record.update(_attempt(bundle, case, paths, options, timing, progress))
-    record["seconds"] = {k: round(v, 3) for k, v in timing.items()}
+        _claim(out, paths)
+        record.update(_attempt(bundle, case, paths, options, notes, progress))
+    record["findings"] = notes.pop("findings", [])
+    record["seconds"] = {k: round(v, 3) for k, v in notes.items()}
     return record
 
 
@@ -218,15 +176,16 @@ def _init_worker(model: WorkerModel, device: str, threads: int) -> None:
 
 
 def _worker_case(args) -> dict:
-    case, out, options, settings, run_id = args
-    return _case_record(_worker["bundle"], case, out, options, settings, run_id, None)
+    case, out, options, settings, run_id, owned = args
+    return _case_record(_worker["bundle"], case, out, options, settings, run_id, None, owned)
 
 
 def _records(bundle, cases, out, options, settings, run_id, progress, model):
     """Records of ``cases`` as they finish: in this process, or in worker processes."""
+    owned = owned_outputs(out)
     if settings.workers <= 1 or len(cases) <= 1 or model is None:
         for case in cases:
-            yield _case_record(bundle, case, out, options, settings, run_id, progress)
+            yield _case_record(bundle, case, out, options, settings, run_id, progress, owned)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -237,7 +196,8 @@ def _records(bundle, cases, out, options, settings, run_id, progress, model):
     context = multiprocessing.get_context("spawn")  # no fork after torch set up its threads
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=init) as pool:  # fmt: skip
-        jobs = [pool.submit(_worker_case, (c, out, options, settings, run_id)) for c in cases]
+        jobs = [pool.submit(_worker_case, (c, out, options, settings, run_id, owned))
+                for c in cases]  # fmt: skip
         for job in as_completed(jobs):
             yield job.result()
 
@@ -256,19 +216,19 @@ def run_batch(
 ) -> BatchResult:
     """Predict every case, appending one manifest line per case; never stop on a bad case.
 
-    ``unusable`` are inputs :func:`discover_inputs` could not use; they are recorded
-    as failed so the manifest accounts for every input given. ``model`` lets worker
-    processes load the model themselves when ``settings.workers > 1``.
+    ``unusable`` are inputs :func:`~medseg.inference.inputs.discover_inputs` could not
+    use; they are recorded as failed so the manifest accounts for every input given.
+    ``model`` lets worker processes load the model themselves when ``settings.workers > 1``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run_id = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = BatchResult()
-    with open(out / "manifest.jsonl", "a", encoding="utf-8") as manifest:
+    with open(out / MANIFEST, "a", encoding="utf-8") as manifest:
         for bad in unusable:
             record = {"run": run_id, "case_id": None, "input": bad["input"], "series_uid": None,
                       "outputs": {}, "status": "failed", "error": bad["error"],
-                      "seconds": {}}  # fmt: skip
+                      "findings": [], "seconds": {}}  # fmt: skip
             _append(manifest, record)
             result.records.append(record)
         for record in _records(bundle, cases, out, options, settings, run_id, progress, model):
@@ -286,17 +246,18 @@ def _append(manifest, record: dict) -> None:
     os.fsync(manifest.fileno())
 
 
-def _attempt(bundle, case, paths, options, timing, progress) -> dict:
+def _attempt(bundle, case, paths, options, notes, progress) -> dict:
     try:
-        _predict_case(bundle, case, paths, options, timing, progress)
+        _predict_case(bundle, case, paths, options, notes, progress)
         return {"status": "ok", "error": None}
     except MedsegError as e:
         message = str(e)
+    except OSError as e:  # e.g. the output disk is full: this case fails, the batch goes on
+        message = f"{e.filename or case.path}: {e.strerror or e}"
     except MemoryError:
         message = "too large for memory while predicting; use a machine with more memory"
-    except Exception as e:  # a batch never stops on one case; the log has the traceback
-        log.exception("unexpected failure on %s", case.path)
-        message = f"unexpected {type(e).__name__}: {e}"
+    except Exception as e:  # a bug: the batch goes on, the traceback goes to a crash file
+        message = internal_error_message(e, write_crash_report(e, "medseg predict (one case)"))
     for p in paths.values():  # nothing half-made stays: outputs are atomic, drop finished ones
         p.unlink(missing_ok=True)
     log.warning("%s failed: %s", case.case_id, message)

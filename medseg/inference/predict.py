@@ -19,6 +19,7 @@ import torch
 
 from medseg.core.volume import Kind, Volume
 from medseg.inference.bundle import Member, ModelBundle
+from medseg.inference.gate import channel_findings, enforce
 from medseg.inference.sliding_window import predict_logits
 from medseg.preprocessing.pipeline import preprocess_case, to_original
 
@@ -112,13 +113,7 @@ def predict_volume(
 
     Both have ``image``'s exact shape and affine.
     """
-    if image.n_channels != len(bundle.channel_names):
-        from medseg.core.errors import MedsegError
-
-        raise MedsegError(
-            f"the model expects {len(bundle.channel_names)} channel(s) "
-            f"({', '.join(bundle.channel_names)}), the input has {image.n_channels}"
-        )
+    enforce(channel_findings(image.n_channels, bundle.channel_names))
     probs = None
     for member in bundle.members:
         p = predict_member(member, image, bundle, options, progress).array

@@ -155,15 +155,22 @@ def _pixel_values(path: Path) -> tuple[np.ndarray, str]:
             f"{path}: colour image ({ds.get('PhotometricInterpretation')}); medseg "
             "segments greyscale CT, MR and PET series only."
         )
+    syntax = ds.file_meta.TransferSyntaxUID
     try:
         raw = ds.pixel_array
-    except Exception as e:  # missing decoder plugin, corrupt fragment, ...
+    except Exception as e:  # missing decoder plugin, corrupt fragment, truncated file ...
+        if not syntax.is_compressed:
+            raise DicomSeriesError(
+                f"{path}: the pixel data is damaged or cut short ({e}); the file was probably "
+                "truncated in transfer: export or send the series again."
+            ) from e
         raise DicomSeriesError(
-            f"{path}: cannot decode the pixel data ({ds.file_meta.TransferSyntaxUID.name}): "
-            f"{e}. Install the pylibjpeg plugins (pylibjpeg-openjpeg, pylibjpeg-libjpeg) "
-            "or re-export the series uncompressed."
+            f"{path}: cannot decode the compressed pixel data ({syntax.name}): {e}. The file "
+            "may be damaged (send it again); if other files of this kind fail too, install "
+            "the pylibjpeg plugins (pylibjpeg-openjpeg, pylibjpeg-libjpeg) or re-export the "
+            "series uncompressed."
         ) from e
-    return apply_modality_lut(raw, ds), ds.file_meta.TransferSyntaxUID.name
+    return apply_modality_lut(raw, ds), syntax.name
 
 
 def _compact(values: np.ndarray) -> np.ndarray:

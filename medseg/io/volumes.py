@@ -21,7 +21,8 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (the ``DICM`` marker after its preamble)."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -56,7 +57,7 @@ def read_volume(
         return read_itk(path, kind)
     if not path.exists():
         raise VolumeReadError(f"{path}: file not found")
-    if _is_dicom_file(path) and kind is Kind.IMAGE:
+    if is_dicom_file(path) and kind is Kind.IMAGE:
         import pydicom
 
         from medseg.io.dicom_series import read_dicom_series

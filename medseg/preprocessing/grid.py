@@ -14,6 +14,7 @@ import numpy as np
 from medseg.core.volume import Kind, Volume
 from medseg.geometry.orientation import (
     OrientationRecord,
+    canonical_ornt,
     from_canonical,
     identity_record,
     to_canonical,
@@ -42,6 +43,18 @@ def to_processing(
     canonical, record = to_canonical(volume) if reorient else (volume, identity_record(volume))
     spacing = tuple(float(s) for s in reversed(canonical.spacing))
     return reverse_spatial(canonical.array), spacing, record
+
+
+def processing_spacing(affine: np.ndarray, reorient: bool = True) -> tuple[float, ...]:
+    """Voxel size (mm) on the processing grid of a volume with ``affine``, without moving
+    its array: the spacing :func:`to_processing` would return."""
+    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    if reorient:
+        canonical = [0.0, 0.0, 0.0]
+        for src, (dst, _) in enumerate(canonical_ornt(affine)):
+            canonical[int(dst)] = float(spacing[src])
+        spacing = canonical
+    return tuple(float(s) for s in reversed(spacing))
 
 
 def from_processing(array: np.ndarray, record: OrientationRecord, kind: Kind) -> Volume:

@@ -1,0 +1,175 @@
+"""The sanity gate every new scan passes before a model sees it.
+
+One place, used by ``medseg predict`` (single scans and batches) and everything
+built on it (the workflow's test prediction, the DICOM service), so that no
+prediction is ever made on an input that cannot give a meaningful one.
+
+Refused (the case fails with the reason; a batch goes on):
+
+* the image's own problems (:func:`medseg.core.sanity.image_findings`): NaN or
+  infinite voxels, no intensity variation, a single slice;
+* header geometry that is ambiguous (:func:`medseg.io.volumes.header_findings`:
+  sform and qform disagreeing, a non-positive voxel size);
+* a channel count other than the model's;
+* a DICOM modality the model was clearly not trained on (a CT model given MR);
+* a volume too large for the free memory.
+
+Recorded as warnings beside the result: a voxel size far (more than
+:data:`SPACING_FACTOR` times) from the model's training median on some axis, and
+header warnings such as a missing orientation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from medseg.core.errors import InputRefusedError
+from medseg.core.records import resolve_configuration
+from medseg.core.sanity import Finding, image_findings, refusals, warnings_of
+from medseg.core.volume import Volume
+from medseg.preprocessing.grid import processing_spacing, reorients
+from medseg.preprocessing.pipeline import target_spacing
+
+#: Spacing this many times coarser or finer than the training median gets a warning.
+SPACING_FACTOR = 3.0
+#: Channel names that mean "this model expects CT" / "expects MR".
+CT_NAMES = {"ct"}
+MR_NAMES = {"mr", "mri", "t1", "t1w", "t1gd", "t1ce", "t2", "t2w", "flair", "adc", "dwi", "pd"}
+#: Processing-grid axis names when volumes are reoriented to RAS (axes reversed).
+_AXES = ("S (cranio-caudal)", "A (anterior-posterior)", "R (left-right)")
+
+
+def channel_findings(n_channels: int, channel_names: Sequence[str]) -> list[Finding]:
+    """The image must have exactly the model's channels."""
+    if n_channels == len(channel_names):
+        return []
+    return [Finding("channels", (
+        f"the model expects {len(channel_names)} channel(s) ({', '.join(channel_names)}), "
+        f"the input has {n_channels}; give one image with the model's channels, in its order"
+    ))]  # fmt: skip
+
+
+def modality_findings(modality: str | None, channel_names: Sequence[str]) -> list[Finding]:
+    """A DICOM series of a modality the model was clearly not trained on."""
+    names = {n.casefold() for n in channel_names}
+    for wanted, expected in (("CT", CT_NAMES), ("MR", MR_NAMES)):
+        if names & expected and modality and modality != wanted:
+            return [Finding("modality", (
+                f"wrong modality: the model expects {wanted}, this series is {modality}"
+            ))]  # fmt: skip
+    return []
+
+
+def spacing_findings(image: Volume, plans: dict) -> list[Finding]:
+    """Axes whose voxel size is far from the model's training median (warnings)."""
+    median = plans.get("original_median_spacing_after_transp")
+    if not median:
+        return []
+    forward = plans.get("transpose_forward", [0, 1, 2])
+    reorient = reorients(plans)
+    spacing = processing_spacing(image.affine, reorient)
+    found = []
+    spacing = [spacing[a] for a in forward]
+    for axis, (have, trained) in enumerate(zip(spacing, median, strict=False)):
+        ratio = have / float(trained)
+        if max(ratio, 1 / ratio) > SPACING_FACTOR:
+            name = _AXES[forward[axis]] if reorient else f"axis {forward[axis]}"
+            found.append(Finding("spacing", (
+                f"voxel size {have:.3g} mm along {name} is {ratio:.2g}x the model's training "
+                f"median ({float(trained):.3g} mm); the model may segment this scan poorly"
+            ), refuse=False))  # fmt: skip
+    return found
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the gate needs to know about a model: its plans, channels, classes and the
+    configurations it runs (for the resampled size of a scan)."""
+
+    plans: dict
+    channel_names: tuple[str, ...]
+    n_classes: int
+    configurations: tuple[str, ...]
+
+    @classmethod
+    def of(cls, bundle) -> ModelFacts:
+        """The facts of a loaded :class:`~medseg.inference.bundle.ModelBundle`."""
+        names = []
+        for member in bundle.members:
+            while member is not None:
+                names.append(member.configuration)
+                member = member.previous
+        return cls(bundle.plans, tuple(bundle.channel_names), len(bundle.labels), tuple(names))
+
+
+def resampled_voxels(image: Volume, facts: ModelFacts) -> int:
+    """Voxels of ``image`` on the finest grid any of the model's configurations resamples to."""
+    spacing = processing_spacing(image.affine, reorients(facts.plans))
+    spacing = [spacing[a] for a in facts.plans.get("transpose_forward", [0, 1, 2])]
+    most = math.prod(image.spatial_shape)
+    for name in facts.configurations:
+        target = target_spacing(resolve_configuration(facts.plans, name), tuple(spacing))
+        scale = math.prod(s / t for s, t in zip(spacing, target, strict=True))
+        most = max(most, math.ceil(math.prod(image.spatial_shape) * scale))
+    return most
+
+
+def memory_findings(voxels: int, n_channels: int, n_classes: int, free: int) -> list[Finding]:
+    """A prediction over ``voxels`` (the larger of the original and resampled grids) that
+    cannot fit in ``free`` bytes of memory."""
+    need = voxels * 4 * (3 * n_channels + 4 * n_classes)  # float32: input, logits, probabilities
+    if need <= free:
+        return []
+    return [Finding("memory", (
+        f"too large for memory: predicting needs about {need / 1e9:.1f} GB ({voxels} voxels "
+        f"after resampling), {free / 1e9:.1f} GB are free; use a machine with more memory"
+    ))]  # fmt: skip
+
+
+def _trained_on_slices(plans: dict) -> bool:
+    """Whether the model was trained on single-slice images (then one slice is fine)."""
+    return 1 in plans.get("original_median_shape_after_transp", ())
+
+
+def scan_findings(
+    image: Volume,
+    facts: ModelFacts,
+    *,
+    header: Sequence[Finding] = (),
+    modality: str | None = None,
+    free_memory: int | None = None,
+) -> list[Finding]:
+    """Everything wrong or doubtful about ``image`` as an input to the model of ``facts``.
+
+    ``header`` are the input file's header findings; ``modality`` the DICOM
+    modality (None for files); ``free_memory`` in bytes (default: what is
+    available now).
+    """
+    found = list(header)
+    found += [f for f in image_findings(image)
+              if not (f.code == "single_slice" and _trained_on_slices(facts.plans))]  # fmt: skip
+    found += channel_findings(image.n_channels, facts.channel_names)
+    found += modality_findings(modality, facts.channel_names)
+    if refusals(found):
+        return found  # no spacing or size facts about an image that cannot be used
+    found += spacing_findings(image, facts.plans)
+    if free_memory is None:
+        import psutil
+
+        free_memory = psutil.virtual_memory().available
+    voxels = resampled_voxels(image, facts)
+    found += memory_findings(voxels, image.n_channels, facts.n_classes, free_memory)
+    return found
+
+
+def enforce(findings: Sequence[Finding], where: str = "") -> list[Finding]:
+    """Raise :class:`InputRefusedError` naming every refusal (each message prefixed with
+    ``where``, the input's path, unless it names it already); otherwise return the warnings."""
+    refused = refusals(findings)
+    if refused:
+        named = [f.message if f.message.startswith(where) else f"{where}: {f.message}"
+                 for f in refused] if where else [f.message for f in refused]  # fmt: skip
+        raise InputRefusedError("; ".join(named))
+    return warnings_of(findings)
