@@ -5,6 +5,8 @@ traceback, inputs untouched (hashes before and after), no partial outputs."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +56,25 @@ def scan_array() -> np.ndarray:
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 24, 12)), indexing="ij")
     body = (x**2 + y**2 < 0.7).astype(np.float32)
     return (-1000 + 1040 * body + rng.normal(0, 20, body.shape)).astype(np.float32)
+
+
+@pytest.fixture()
+def readonly_dir(tmp_path):
+    """A folder nobody may write into: read-only permissions, or for root (who ignores
+    them) the immutable attribute (``chattr +i``, ext4 and most Linux file systems)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode
+    ):
+        pytest.skip("root on a file system without chattr +i: every folder is writable")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
