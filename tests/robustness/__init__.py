@@ -1,0 +1,1 @@
+"""Robustness suite: bad inputs, and what medseg promises about each."""
