@@ -22,6 +22,17 @@ A label in neither map is left out of the means (NaN); a label in only one of
 them scores Dice 0, NSD 0 and no HD95. The foreground mean Dice is the number
 nnU-Net ranks configurations by.
 
+Every reference case in LABEL_DIR is scored: LABEL_DIR decides what is counted,
+and a prediction without a reference is an error. A reference without a
+prediction in PRED_DIR, or whose prediction cannot be read, is an error too
+(exit 2, the cases listed, nothing written): predict those cases, or pass
+--missing-as-empty to score each of them as an empty prediction (all
+background): Dice 0 and NSD 0 for every label in the reference, which pulls
+the means down as it should (HD95 is undefined and left out). Such cases are
+marked in the summary ("missing": true, "prediction": null, a "note";
+"n_missing" counts them), and their number is printed and logged. A
+prediction on another voxel grid is always an error.
+
 Label names come from --labels: an MSD or nnU-Net dataset.json, or a medseg
 plans.json. Without it, LABEL_DIR/../dataset.json is used if it exists.
 
@@ -32,6 +43,7 @@ Examples:
   medseg evaluate cv/3d_fullres/predictions data/Task04_Hippocampus/labelsTr
   medseg evaluate preds/ labelsTr/ --labels plans.json -o cv/summary.json -j 4
   medseg evaluate preds/ labelsTr/ --nsd-tolerance 2 --csv metrics.csv
+  medseg evaluate preds/ labelsTs/ --missing-as-empty    unpredicted cases score 0
 """
 
 
@@ -69,6 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--file-ending", default=".nii.gz", help="suffix of the label files (default: %(default)s)"
+    )
+    p.add_argument(
+        "--missing-as-empty",
+        action="store_true",
+        help="score a reference case with no readable prediction as an empty prediction "
+        "(Dice 0) instead of stopping with an error",
     )
 
 
@@ -119,7 +137,10 @@ def _fmt(value: float, digits: int) -> str:
 def summary_table(summary: dict) -> Table:
     """Mean Dice / HD95 / NSD per label and the foreground mean, as a rich table."""
     tol = summary["nsd_tolerance_mm"]
-    table = Table(title=f"{summary['n_cases']} cases in {summary['prediction_folder']}")
+    title = f"{summary['n_cases']} cases in {summary['prediction_folder']}"
+    if summary.get("n_missing"):
+        title += f" ({summary['n_missing']} without a readable prediction, scored as empty)"
+    table = Table(title=title)
     for name, justify in (("label", "right"), ("name", "left"), ("Dice", "right"),
                           ("HD95 (mm)", "right"), (f"NSD @ {tol:g} mm", "right"),
                           ("cases (Dice/HD95)", "right")):  # fmt: skip
@@ -134,12 +155,20 @@ def summary_table(summary: dict) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.evaluation.metrics import evaluate_folder, match_cases, write_summary
+    from medseg.evaluation.cases import listing, match_cases
+    from medseg.evaluation.metrics import evaluate_folder, write_summary
+    from medseg.io.guard import refuse_overlap
 
     labels = _load_labels(args.labels, args.label_dir)
     json_path = args.output or args.pred_dir / "summary.json"
     csv_path = args.csv or json_path.with_suffix(".csv")
-    n = len(match_cases(args.pred_dir, args.label_dir, args.file_ending))
+    for path in (json_path, csv_path):  # beside the predictions is fine, over one is not
+        refuse_overlap([args.label_dir, args.labels], path)
+        if path.name.endswith(args.file_ending):
+            refuse_overlap([args.pred_dir], path)
+    missing = "empty" if args.missing_as_empty else "error"
+    # every reference case has a prediction, or it is an error before anything is scored
+    n = len(match_cases(args.pred_dir, args.label_dir, args.file_ending, missing=missing))
     with progress() as bar:
         task = bar.add_task("evaluating", total=n)
         summary = evaluate_folder(
@@ -149,9 +178,16 @@ def run(args: argparse.Namespace) -> int:
             processes=args.processes,
             file_ending=args.file_ending,
             nsd_tolerance_mm=args.nsd_tolerance,
+            missing=missing,
             on_case_done=lambda _: bar.advance(task),
         )
     write_summary(summary, json_path, csv_path)
     out.print(summary_table(summary))
+    if summary["n_missing"]:
+        out.print(
+            f"{summary['n_missing']} of {summary['n_cases']} cases had no readable prediction "
+            f"and were scored as empty (Dice 0): {listing(summary['missing_cases'])}",
+            highlight=False,
+        )
     out.print(f"wrote {json_path} and {csv_path}", highlight=False)
     return 0

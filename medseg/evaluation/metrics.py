@@ -32,17 +32,15 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medseg.core.errors import EvaluationError, GeometryError
+from medseg.core.errors import EvaluationError
 from medseg.core.parallel import parallel_map
 from medseg.core.records import read_record, stamp
-from medseg.geometry.affine import grid_mismatch
+from medseg.evaluation.cases import CasePair, listing, match_cases, read_case, unreadable_error
 from medseg.io.atomic import write_text_atomic
-from medseg.io.volumes import read_volume
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +48,7 @@ log = logging.getLogger(__name__)
 METRICS = ("dice", "hd95", "nsd")
 #: Voxel counts stored beside the metrics of each case and label.
 COUNTS = ("tp", "fp", "fn", "n_pred", "n_ref")
-CSV_COLUMNS = ("case", "label", "name", *METRICS, *COUNTS)
-MAX_LISTED = 10
+CSV_COLUMNS = ("case", "label", "name", *METRICS, *COUNTS, "missing")
 SUMMARY_SCHEMA = ("medseg.evaluation", 1)
 
 
@@ -162,78 +159,29 @@ def _monai_metrics(
     return float(dice.item()), float(hd95.item()), float(nsd.item())
 
 
-@dataclass(frozen=True)
-class CasePair:
-    """A prediction file and the reference file of the same name."""
+def _evaluate_case(job: tuple[CasePair, tuple[int, ...], float, str]) -> dict:
+    """Score one case; without a readable prediction, score an empty one or report it.
 
-    case: str
-    prediction: Path
-    reference: Path
-
-
-def match_cases(pred_dir: Path, ref_dir: Path, file_ending: str = ".nii.gz") -> list[CasePair]:
-    """Pair every ``pred_dir/CASE<file_ending>`` with ``ref_dir/CASE<file_ending>``.
-
-    References without a prediction are allowed (a single fold's predictions are
-    scored against all labels); a prediction without a reference is an error.
+    With ``missing="error"`` a case whose prediction cannot be read is not scored:
+    its record is ``{"case", "unreadable": (file name, reason)}``, so that every
+    such case can be reported at once.
     """
-    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
-        if not folder.is_dir():
-            raise EvaluationError(f"{folder}: the {what} folder does not exist")
-    names = sorted(
-        f.name
-        for f in pred_dir.iterdir()
-        if f.name.endswith(file_ending) and not f.name.startswith(".") and f.is_file()
-    )
-    if not names:
-        raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r}")
-    missing = [n for n in names if not (ref_dir / n).is_file()]
-    if missing:
-        listed = ", ".join(missing[:MAX_LISTED]) + (" ..." if len(missing) > MAX_LISTED else "")
-        raise EvaluationError(
-            f"{len(missing)} of {len(names)} predictions in {pred_dir} have no reference of the "
-            f"same name in {ref_dir}: {listed}. Check that LABEL_DIR holds the reference "
-            "labels (e.g. labelsTr) and that the file names match."
-        )
-    n_unscored = sum(1 for f in ref_dir.iterdir() if f.name.endswith(file_ending)) - len(names)
-    if n_unscored > 0:
-        log.info("%d references in %s have no prediction; not scored", n_unscored, ref_dir)
-    return [CasePair(n[: -len(file_ending)], pred_dir / n, ref_dir / n) for n in names]
-
-
-def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Prediction and reference arrays ``(X, Y, Z)`` and the spacing (mm) of one case.
-
-    Raises :class:`GeometryError` naming the case if the two are not on the same
-    voxel grid (shape, spacing, origin or orientation).
-    """
-    pred, ref = read_volume(pair.prediction, "label"), read_volume(pair.reference, "label")
-    if pred.spatial_shape != ref.spatial_shape:
-        raise GeometryError(
-            f"case {pair.case}: prediction {pair.prediction} has shape {pred.spatial_shape} but "
-            f"reference {pair.reference} has {ref.spatial_shape}"
-        )
-    mismatch = grid_mismatch(pred.affine, ref.affine, ref.spatial_shape)
-    if mismatch:
-        raise GeometryError(
-            f"case {pair.case}: prediction {pair.prediction} is not on the voxel grid of its "
-            f"reference {pair.reference} ({mismatch}). Predictions must be written in the "
-            "geometry of the original scan."
-        )
-    return pred.array, ref.array, ref.spacing
-
-
-def _evaluate_case(job: tuple[CasePair, tuple[int, ...], float]) -> dict:
-    pair, labels, tol = job
-    pred, ref, spacing = read_pair(pair)
-    metrics = case_metrics(pred, ref, labels, spacing, tol)
-    return {
+    pair, labels, tol, missing = job
+    pred, ref, spacing, problem = read_case(pair)
+    record = {
         "case": pair.case,
-        "prediction": str(pair.prediction),
+        "prediction": None if pred is None else str(pair.prediction),
         "reference": str(pair.reference),
-        "metrics": {str(c): m for c, m in metrics.items()},
+        "missing": pred is None,
     }
+    if pred is None:
+        if missing == "error":
+            name = pair.prediction.name if pair.prediction else pair.reference.name
+            return {"case": pair.case, "unreadable": (name, problem)}
+        record["note"] = f"scored as an empty prediction: {problem}"
+        pred = np.zeros(ref.shape, ref.dtype)  # all background on the reference's grid
+    metrics = case_metrics(pred, ref, labels, spacing, tol)
+    return {**record, "metrics": {str(c): m for c, m in metrics.items()}}
 
 
 def foreground_labels(labels: Mapping[int, str]) -> dict[int, str]:
@@ -252,9 +200,11 @@ def evaluate_folder(
     processes: int = 1,
     file_ending: str = ".nii.gz",
     nsd_tolerance_mm: float = 1.0,
+    missing: str = "error",
+    cases: Sequence[str] | None = None,
     on_case_done: Callable[[str], None] | None = None,
 ) -> dict:
-    """Score every prediction in ``pred_dir`` against the reference of the same name.
+    """Score every reference case in ``ref_dir`` against the prediction of the same name.
 
     Parameters
     ----------
@@ -269,6 +219,16 @@ def evaluate_folder(
         Suffix that selects the files.
     nsd_tolerance_mm : float
         NSD tolerance in mm.
+    missing : {"error", "empty"}
+        A reference case whose prediction is absent or cannot be read is an
+        :class:`EvaluationError` (``"error"``: absent ones are found before
+        anything is scored, unreadable ones are all listed after scoring), or
+        is scored as an empty prediction, all background on the reference's grid
+        (``"empty"``: Dice 0 and NSD 0 for the labels in the reference, HD95 NaN),
+        marked in its record and logged as a warning.
+    cases : Sequence[str], optional
+        Score only these case ids (see :func:`match_cases`); default: every
+        reference in ``ref_dir``.
     on_case_done : Callable[[str], None], optional
         Called with each case id when it is scored (progress bars).
 
@@ -276,25 +236,41 @@ def evaluate_folder(
     -------
     dict
         JSON-ready ``medseg.evaluation`` record: ``cases`` (per case, per label
-        metrics), ``mean`` (per label, NaN left out) and ``foreground_mean`` (mean
-        over labels of the per-label means: ``foreground_mean["dice"]`` is the
-        number nnU-Net ranks by). Keys of labels are strings; undefined values
-        are NaN.
+        metrics; ``missing`` true, ``prediction`` null and a ``note`` for a case
+        scored as empty), ``n_missing`` and ``missing_cases`` (those cases),
+        ``mean`` (per label, NaN left out) and ``foreground_mean`` (mean over
+        labels of the per-label means: ``foreground_mean["dice"]`` is the number
+        nnU-Net ranks by). Keys of labels are strings; undefined values are NaN.
     """
     fg = foreground_labels(labels)
-    pairs = match_cases(pred_dir, ref_dir, file_ending)
-    jobs = [(p, tuple(fg), float(nsd_tolerance_mm)) for p in pairs]
-    cases = []
+    pairs = match_cases(pred_dir, ref_dir, file_ending, missing=missing, cases=cases)
+    jobs = [(p, tuple(fg), float(nsd_tolerance_mm), missing) for p in pairs]
+    scored, unreadable = [], []
     for result in parallel_map(_evaluate_case, jobs, processes):
-        cases.append(result)
+        if "unreadable" in result:
+            unreadable.append(result["unreadable"])
+        else:
+            scored.append(result)
         if on_case_done is not None:
             on_case_done(result["case"])
+    if unreadable:
+        raise unreadable_error(unreadable, len(pairs), pred_dir, ref_dir)
+    empty = [case["case"] for case in scored if case["missing"]]
+    if empty:
+        log.warning(
+            "%d of %d reference cases in %s have no readable prediction in %s and were scored "
+            "as empty predictions (Dice 0): %s",
+            len(empty), len(scored), ref_dir, pred_dir, listing(empty),
+        )  # fmt: skip
     summary = {
         "prediction_folder": str(pred_dir),
         "reference_folder": str(ref_dir),
         "file_ending": file_ending,
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
-        **summarize_cases(cases, fg),
+        "missing": missing,
+        "n_missing": len(empty),
+        "missing_cases": empty,
+        **summarize_cases(scored, fg),
     }
     return stamp(summary, SUMMARY_SCHEMA)
 
@@ -349,7 +325,8 @@ def to_json_value(obj: object) -> object:
 def write_summary(summary: dict, json_path: Path, csv_path: Path | None = None) -> None:
     """Write ``summary`` as JSON (NaN as null) and, if given, a CSV of one row per case x label.
 
-    Both files are written atomically. CSV cells of undefined metrics are empty.
+    Both files are written atomically. CSV cells of undefined metrics are empty;
+    the last column, ``missing``, is 1 for a case scored as an empty prediction.
     """
     text = json.dumps(to_json_value(summary), indent=2, allow_nan=False)
     write_text_atomic(json_path, text + "\n")
@@ -361,7 +338,8 @@ def write_summary(summary: dict, json_path: Path, csv_path: Path | None = None) 
     for case in summary["cases"]:
         for key, row in case["metrics"].items():
             cells = [_csv_cell(row[m]) for m in (*METRICS, *COUNTS)]
-            writer.writerow([case["case"], key, summary["labels"].get(key, ""), *cells])
+            missing = int(bool(case.get("missing", False)))
+            writer.writerow([case["case"], key, summary["labels"].get(key, ""), *cells, missing])
     write_text_atomic(csv_path, buf.getvalue())
 
 

@@ -33,18 +33,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.errors import EvaluationError
 from medseg.core.parallel import parallel_map
 from medseg.core.records import check_schema, stamp
-from medseg.evaluation.metrics import (
-    CasePair,
-    EvaluationError,
-    dice_per_label,
-    foreground_labels,
-    match_cases,
-    nanmean,
-    read_pair,
-    to_json_value,
-)
+from medseg.evaluation.cases import CasePair, match_cases, read_pair
+from medseg.evaluation.metrics import dice_per_label, foreground_labels, nanmean, to_json_value
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +226,8 @@ def choose_postprocessing(
     pred_dir, ref_dir : Path
         All cross-validation predictions (every training case, predicted by the
         fold that did not train on it) and the reference labels, ``CASE<file_ending>``.
+        Every reference needs a prediction (an :class:`EvaluationError` lists
+        those without).
     labels : Mapping[int, str]
         Label value -> name; background 0 is ignored.
     processes : int
@@ -253,16 +248,7 @@ def choose_postprocessing(
     """
     fg = tuple(foreground_labels(labels))
     _structure(connectivity)  # fail early on a bad value
-    pairs = match_cases(pred_dir, ref_dir, file_ending)
-    n_refs = sum(1 for f in Path(ref_dir).iterdir() if f.name.endswith(file_ending))
-    if n_refs > len(pairs):
-        log.warning(
-            "%d of %d references have no prediction in %s: postprocessing should be chosen on "
-            "the predictions of all cross-validation folds",
-            n_refs - len(pairs),
-            n_refs,
-            pred_dir,
-        )
+    pairs = match_cases(pred_dir, ref_dir, file_ending)  # every reference, each predicted
     jobs = [(p, fg, connectivity) for p in pairs]
     rows = list(parallel_map(_candidate_dice, jobs, processes))
     record = decide_postprocessing(rows, fg, connectivity)

@@ -53,6 +53,15 @@ def _link(src: Path, dst: Path) -> None:
     os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
 
 
+def _drop_stale(folder: Path, cases: list[str]) -> None:
+    """Remove what this stage wrote earlier into its own folder for cases no longer in the
+    split (links, or ensemble labels), so that they are not scored as predictions."""
+    keep = {f"{case}.nii.gz" for case in cases}
+    for path in folder.glob("*.nii.gz") if folder.is_dir() else ():
+        if path.name not in keep:
+            path.unlink()
+
+
 def _gather(folds: dict, out: Path, cases: list[str]) -> None:
     """Link each case's CV prediction (from whichever fold validated it) into ``out``."""
     found = {}
@@ -65,12 +74,14 @@ def _gather(folds: dict, out: Path, cases: list[str]) -> None:
             f"{out.name}: no cross-validation prediction for {len(missing)} case(s) "
             f"({', '.join(missing[:5])}); train and validate every fold first"
         )
+    _drop_stale(out, cases)
     for case in cases:
         _link(found[case], out / f"{case}.nii.gz")
 
 
 def _ensemble(a: dict, b: dict, out: Path, cases: list[str]) -> None:
     """Average two configurations' CV probabilities per case and write the labels."""
+    _drop_stale(out, cases)
     for case in cases:
         probs, affine = None, None
         for folds in (a, b):
@@ -100,6 +111,7 @@ def select_model(
     if not names:
         raise EvaluationError(f"{models}: no trained and validated configuration found")
     refs = cv_dir / "references"
+    _drop_stale(refs, cases)
     for case in cases:
         _link(spec.case(case).label, refs / f"{case}.nii.gz")
     candidates = {}
