@@ -23,16 +23,15 @@ from pathlib import Path
 
 from medseg import __version__
 from medseg.core.errors import ModelError
-from medseg.core.records import (
-    PLANS_SCHEMA,
-    RecordError,
-    read_record,
-    resolve_configuration,
-    stamp,
+from medseg.core.records import resolve_configuration, stamp
+from medseg.inference.model_check import (
+    MODEL_SCHEMA,
+    build_checked_network,
+    load_checked_weights,
+    read_model_folder,
+    weight_path,
 )
 from medseg.io.atomic import atomic_dir
-
-MODEL_SCHEMA = ("medseg.model", 1)
 
 
 @dataclass
@@ -86,13 +85,13 @@ def export_model(
     metadata only are kept: it is copied as is; training state is small beside them).
     """
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "medseg model folder", recognize="model.json") as tmp:
         needed = _needed(members)
         for configuration, folds in needed.items():
             resolve_configuration(plans, configuration)
             for fold in folds:
                 src = Path(checkpoints[configuration][fold])
-                dst = tmp / configuration / f"fold_{fold}.safetensors"
+                dst = weight_path(tmp, configuration, fold)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
                 if src.with_suffix(".json").exists():
@@ -126,9 +125,7 @@ def _needed(members: list[dict]) -> dict[str, list]:
 
 
 def _load_member(root: Path, plans: dict, record: dict, folds, device) -> Member:
-    from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
-    from medseg.nets.unet import build_network
-
+    """One member of a checked model folder, with the networks of the folds in use."""
     configuration = record["configuration"]
     config = resolve_configuration(plans, configuration)
     use = [f for f in record["folds"] if folds is None or f in folds]
@@ -142,16 +139,21 @@ def _load_member(root: Path, plans: dict, record: dict, folds, device) -> Member
         n_in += len(plans["labels"]) - 1  # the previous stage's one-hot foreground
     member = Member(configuration, config, use, mirror_axes=default_mirror_axes(config),
                     previous=previous)  # fmt: skip
+    where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
     for fold in use:
-        path = root / configuration / f"fold_{fold}.safetensors"
-        network = build_network(config["architecture"], n_in, len(plans["labels"]))
-        load_weights(network, model_weights(load_checkpoint(path)[0]))
+        network = build_checked_network(config["architecture"], n_in, len(plans["labels"]), where)
+        load_checked_weights(network, weight_path(root, configuration, fold))
         member.networks.append(network.to(device).eval())
     return member
 
 
 def load_model(path: Path, device="cpu", folds: list | None = None) -> ModelBundle:
-    """Load a medseg model folder or an nnU-Net v2 results folder (Trainer__Plans__Config)."""
+    """Load a medseg model folder or an nnU-Net v2 results folder (Trainer__Plans__Config).
+
+    The folder is checked first (:mod:`medseg.inference.model_check`): every problem,
+    from a missing field to a weight file that does not fit its network, is a
+    :class:`ModelError` naming the file and the field or tensor.
+    """
     root = Path(path)
     if not root.is_dir():
         raise ModelError(f"{root}: not a model folder")
@@ -165,11 +167,7 @@ def load_model(path: Path, device="cpu", folds: list | None = None) -> ModelBund
             "or 'medseg export') or an nnU-Net v2 results folder (plans.json, dataset.json, "
             "fold_*/checkpoint_final.pth)"
         )
-    try:
-        meta = read_record(root / "model.json", MODEL_SCHEMA)
-        plans = read_record(root / "plans.json", PLANS_SCHEMA)
-    except (RecordError, OSError) as e:
-        raise ModelError(f"{root}: unreadable model folder: {e}") from e
+    meta, plans = read_model_folder(root)
     members = [_load_member(root, plans, m, folds, device) for m in meta["members"]]
     return ModelBundle(root, plans, [tuple(x) for x in meta["labels"]], list(meta["channel_names"]),
                        members, meta.get("postprocessing"), meta)  # fmt: skip

@@ -11,19 +11,29 @@ used in their stored axis order, as nnU-Net does.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from medseg.core.errors import CheckpointError
 from medseg.inference.bundle import Member, ModelBundle, ModelError, default_mirror_axes
+from medseg.inference.model_check import (
+    NNUNET_FIX,
+    build_checked_network,
+    check_configuration,
+    check_labels,
+    read_nnunet_files,
+)
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 
 
-def nnunet_plans(plans: dict, dataset: dict) -> dict:
-    """nnU-Net's plans with medseg's ``labels`` and ``channel_names`` added."""
+def nnunet_plans(plans: dict, dataset: dict, where: str = "dataset.json") -> dict:
+    """nnU-Net's plans with medseg's ``labels`` and ``channel_names`` added.
+
+    ``where`` names the dataset.json in error messages.
+    """
     labels = dataset.get("labels", {})
     if any(isinstance(v, (list, tuple)) for v in labels.values()):
-        raise ModelError("region-based nnU-Net models are not supported yet")
+        raise ModelError(f"{where}: labels: region-based nnU-Net models are not supported yet")
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     return {
         **plans,
@@ -39,34 +49,50 @@ def _checkpoint(fold_dir: Path) -> Path:
     raise ModelError(f"{fold_dir}: no {' or '.join(CHECKPOINTS)}")
 
 
-def _network(plans: dict, config: dict, path: Path, device):
+def _network(plans: dict, config: dict, path: Path, device, where: str):
+    """The fold network of ``path`` and the mirroring axes it was trained with; ``where``
+    names the plans' architecture in errors."""
     from medseg.nets.checkpoint import load_torch_weights
-    from medseg.nets.unet import build_network
 
-    checkpoint = load_torch_weights(path)
-    weights = checkpoint.get("network_weights")
-    if weights is None:
+    try:
+        checkpoint = load_torch_weights(path)
+    except CheckpointError as e:
+        raise ModelError(str(e)) from e
+    weights = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
+    if not isinstance(weights, dict):
         raise ModelError(f"{path}: no 'network_weights'; is this an nnU-Net v2 checkpoint?")
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
-    network = build_network(config["architecture"], len(plans["channel_names"]),
-                            len(plans["labels"]))  # fmt: skip
+    network = build_checked_network(config["architecture"], len(plans["channel_names"]),
+                                    len(plans["labels"]), where)  # fmt: skip
     try:
         network.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ModelError(f"{path}: the weights do not fit the plans' network ({e})") from e
+    except RuntimeError as e:  # torch lists each mismatch on its own line
+        details = "; ".join(x.strip() for x in str(e).splitlines()[1:4] if x.strip())
+        raise ModelError(
+            f"{path}: the weights do not fit the plans' network ({details}); "
+            f"was it trained with other plans? {NNUNET_FIX}"
+        ) from e
     axes = checkpoint.get("inference_allowed_mirroring_axes")
     return network.to(device).eval(), tuple(axes) if axes is not None else None
 
 
+def _checked_plans(root: Path) -> tuple[dict, str, dict]:
+    """The folder's plans (with labels and channels), its configuration's name and entry,
+    checked: every problem is a ModelError naming plans.json or dataset.json and the field."""
+    plans, dataset = read_nnunet_files(root)
+    dataset_json = root / "dataset.json"
+    plans = nnunet_plans(plans, dataset, str(dataset_json))
+    check_labels(plans["labels"], f"{dataset_json}: labels", NNUNET_FIX)
+    configuration = root.name.split("__")[-1]
+    referrer = f"{root}: the folder name's configuration"
+    config = check_configuration(plans, configuration, root / "plans.json", referrer, NNUNET_FIX)
+    return plans, configuration, config
+
+
 def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> ModelBundle:
     """A bundle for an nnU-Net v2 results folder (one configuration, its folds)."""
-    from medseg.core.records import resolve_configuration
-
     root = Path(root)
-    plans = nnunet_plans(json.loads((root / "plans.json").read_text()),
-                         json.loads((root / "dataset.json").read_text()))  # fmt: skip
-    configuration = root.name.split("__")[-1]
-    config = resolve_configuration(plans, configuration)
+    plans, configuration, config = _checked_plans(root)
     if "previous_stage" in config:
         raise ModelError(f"{root}: nnU-Net cascade models are not supported yet")
     available = sorted(p.name.split("_", 1)[1] for p in root.glob("fold_*") if p.is_dir())
@@ -76,8 +102,10 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
         raise ModelError(f"{root}: folds {missing or use} not found (available: {available})")
     member = Member(configuration, config, [int(f) if f.isdigit() else f for f in use],
                     mirror_axes=default_mirror_axes(config))  # fmt: skip
+    where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
     for fold in use:
-        network, axes = _network(plans, config, _checkpoint(root / f"fold_{fold}"), device)
+        path = _checkpoint(root / f"fold_{fold}")
+        network, axes = _network(plans, config, path, device, where)
         member.networks.append(network)
         if axes is not None:
             member.mirror_axes = axes

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -51,15 +52,21 @@ def unique_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in named.items()}
 
 
-def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy ``weights`` (as saved by :func:`unique_weights`) into ``model``, all or error."""
+def load_weights(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], *, where: str | Path | None = None
+) -> None:
+    """Copy ``weights`` (as saved by :func:`unique_weights`) into ``model``, all or error.
+
+    ``where`` (the checkpoint's path) starts the error messages when given.
+    """
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     missing = sorted(set(targets) - set(weights))
     unexpected = sorted(set(weights) - set(targets))
+    prefix = f"{where}: " if where is not None else ""
     if missing or unexpected:
         raise CheckpointError(
-            f"the checkpoint does not fit this network: {len(missing)} missing "
+            f"{prefix}the checkpoint does not fit this network: {len(missing)} missing "
             f"({', '.join(missing[:3])}), {len(unexpected)} unexpected "
             f"({', '.join(unexpected[:3])}); was it trained with other plans?"
         )
@@ -67,8 +74,8 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> No
         for name, tensor in targets.items():
             if tensor.shape != weights[name].shape:
                 raise CheckpointError(
-                    f"the checkpoint's {name} has shape {tuple(weights[name].shape)}, the "
-                    f"network's {tuple(tensor.shape)}; was it trained with other plans?"
+                    f"{prefix}the checkpoint's {name} has shape {tuple(weights[name].shape)}, "
+                    f"the network's {tuple(tensor.shape)}; was it trained with other plans?"
                 )
             tensor.copy_(weights[name])
 
@@ -155,6 +162,11 @@ def load_torch_weights(path: Path) -> dict:
     rather than unpickled (unpickling can run arbitrary code).
     """
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise CheckpointError(
+            f"{path}: damaged or not a PyTorch checkpoint (not a zip archive); copy or "
+            "download it again"
+        )
     try:
         with torch.serialization.safe_globals(_numpy_number_globals()):
             return torch.load(str(path), map_location="cpu", weights_only=True)
