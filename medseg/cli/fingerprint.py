@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from medseg.cli.console import add_command, out, progress
-from medseg.core.errors import MedsegError
+from medseg.core.errors import UsageError
 
 HELP = "extract the dataset fingerprint (spacings, shapes, foreground intensities)"
 EPILOG = """\
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_overlap([args.dataset], args.output)
     spec = load_dataset(args.dataset)
     if args.samples < 1:
-        raise MedsegError("--samples must be at least 1")
+        raise UsageError(f"--samples must be at least 1, got {args.samples}")
     settings = FingerprintSettings(
         total_samples=args.samples, seed=args.seed, skip_invalid=args.skip_invalid
     )

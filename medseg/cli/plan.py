@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from medseg.cli.console import add_command, out
-from medseg.core.errors import MedsegError
+from medseg.core.errors import PlanError, UsageError
 from medseg.core.records import FINGERPRINT_SCHEMA, Fingerprint, read_record
 from medseg.io.atomic import write_text_atomic
 from medseg.io.guard import refuse_overlap
@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, _ in args.patch_size:
         if name not in CONFIGURATIONS:
-            raise MedsegError(f"--patch-size: unknown configuration {name!r}")
+            raise UsageError(
+                f"--patch-size: unknown configuration {name!r}; choose from {CONFIGURATIONS}"
+            )
     settings = PlannerSettings(
         gpu_memory_gb=args.gpu_memory,
         base_features=args.base_features,
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     )
     plans = plan_experiment(fp, settings)
     if not plans["configurations"]:
-        raise MedsegError("no configuration planned: check --configurations against the data")
+        raise PlanError("no configuration planned: check --configurations against the data")
     write_text_atomic(args.output, json.dumps(plans, indent=1) + "\n")
     out.print(plans_table(plans))
     out.print(f"plans written to {args.output}", highlight=False)

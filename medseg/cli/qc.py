@@ -42,9 +42,12 @@ def _image_for(images: Path, case: str) -> Path:
     for name in (f"{case}.nii.gz", f"{case}_0000.nii.gz"):
         if (images / name).exists():
             return images / name
-    from medseg.core.errors import MedsegError
+    from medseg.core.errors import VolumeReadError
 
-    raise MedsegError(f"{images}: no image for case {case!r} ({case}.nii.gz or {case}_0000.nii.gz)")
+    raise VolumeReadError(
+        f"{images}: no image for case {case!r} ({case}.nii.gz or {case}_0000.nii.gz); give "
+        "--images the folder the predictions were made from"
+    )
 
 
 def run_qc(args: argparse.Namespace) -> int:

@@ -67,3 +67,24 @@ class OutputError(MedsegError, ValueError):
 
 class InputRefusedError(MedsegError, ValueError):
     """An input failed the sanity checks (non-finite, blank, not 3D, ambiguous geometry...)."""
+
+
+class PlanError(MedsegError, ValueError):
+    """Planning options or plans that cannot be used (unknown configuration, scheme,
+    network component)."""
+
+
+class VolumeError(MedsegError, ValueError):
+    """An array cannot be a volume of the kind asked for (shape, dtype, values)."""
+
+
+class DeviceError(MedsegError, RuntimeError):
+    """The requested compute device does not exist here."""
+
+
+class TrainingError(MedsegError, ValueError):
+    """A training run cannot start or continue as asked (fold, split, resume)."""
+
+
+class UsageError(MedsegError, ValueError):
+    """A command-line option has a value that cannot work."""

@@ -18,7 +18,7 @@ from enum import Enum
 
 import numpy as np
 
-from medseg.core.errors import GeometryError, MedsegError
+from medseg.core.errors import GeometryError, VolumeError
 
 
 class Kind(str, Enum):
@@ -61,11 +61,11 @@ def as_label_array(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return a
     if not np.issubdtype(a.dtype, np.floating):
-        raise MedsegError(f"a label array must be numeric, got dtype {a.dtype}")
+        raise VolumeError(f"a label array must be numeric, got dtype {a.dtype}")
     if a.size and not np.all(np.isfinite(a)):
-        raise MedsegError("a label array holds NaN or infinite values")
+        raise VolumeError("a label array holds NaN or infinite values")
     if a.size and not np.array_equal(a, np.round(a)):
-        raise MedsegError(
+        raise VolumeError(
             "a label array holds non-integer values (is it an image or a probability map?)"
         )
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
@@ -78,7 +78,7 @@ def smallest_int_dtype(lo: float, hi: float) -> np.dtype:
         info = np.iinfo(dt)
         if info.min <= lo and hi <= info.max:
             return np.dtype(dt)
-    raise MedsegError(f"label values [{lo}, {hi}] do not fit any integer type")
+    raise VolumeError(f"label values [{lo}, {hi}] do not fit any integer type")
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,14 +105,14 @@ class Volume:
         object.__setattr__(self, "kind", kind)
         arr = np.asarray(self.array)
         if kind is Kind.IMAGE and arr.ndim != 4:
-            raise MedsegError(
+            raise VolumeError(
                 f"an image volume must be channel-first (C, X, Y, Z), got shape {arr.shape}"
             )
         if kind is Kind.LABEL:
             if arr.ndim != 3:
-                raise MedsegError(f"a label volume must be (X, Y, Z), got shape {arr.shape}")
+                raise VolumeError(f"a label volume must be (X, Y, Z), got shape {arr.shape}")
             if not np.issubdtype(arr.dtype, np.integer):
-                raise MedsegError(
+                raise VolumeError(
                     f"a label volume must have an integer dtype, got {arr.dtype}; "
                     "use medseg.core.volume.as_label_array to convert whole-number floats"
                 )
@@ -148,7 +148,7 @@ class Volume:
         """The same geometry and kind with another array of the same spatial shape."""
         arr = np.asarray(array)
         if tuple(arr.shape[-3:]) != self.spatial_shape:
-            raise MedsegError(
+            raise VolumeError(
                 f"new array has spatial shape {arr.shape[-3:]}, expected {self.spatial_shape}"
             )
         return Volume(arr, self.affine, self.kind)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.core.errors import InvalidCaseError, MedsegError
+from medseg.core.errors import DatasetError, InvalidCaseError
 from medseg.core.parallel import parallel_map
 from medseg.core.records import CaseFacts, Fingerprint
 from medseg.core.volume import Volume
@@ -149,7 +149,10 @@ def extract_fingerprint(
         if on_case_done:
             on_case_done(job.case.case_id)
     if not facts:
-        raise MedsegError(f"{spec.root}: no valid training case left to fingerprint")
+        raise DatasetError(
+            f"{spec.root}: no valid training case left to fingerprint; fix the cases "
+            "'medseg check' reports"
+        )
     pooled = [np.concatenate([s[c] for s in samples]) for c in range(spec.n_channels)]
     return Fingerprint(
         dataset_name=spec.name,

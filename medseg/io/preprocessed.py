@@ -24,7 +24,7 @@ from pathlib import Path
 import blosc2
 import numpy as np
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import RecordError
 
 MAX_CHUNK_BYTES = 8 * 1024**2
 # measured on Hippocampus: ZSTD-3 + BYTEDELTA stores normalised float32 in 60% of
@@ -101,7 +101,7 @@ def read_case_record(folder: Path, case_id: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MedsegError(
+        raise RecordError(
             f"{path}: no preprocessed case {case_id!r}; run 'medseg preprocess'"
         ) from None
 
@@ -113,7 +113,10 @@ def open_case_arrays(folder: Path, case_id: str):
         data = blosc2.open(str(folder / f"{case_id}.b2nd"), mode="r")
         seg = blosc2.open(str(folder / f"{case_id}_seg.b2nd"), mode="r")
     except Exception as e:
-        raise MedsegError(f"{folder}: cannot open preprocessed case {case_id!r}: {e}") from e
+        raise RecordError(
+            f"{folder}: cannot open preprocessed case {case_id!r}: {e}; run 'medseg preprocess' "
+            "again"
+        ) from e
     return data, seg
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import VolumeReadError
 from medseg.io.atomic import atomic_path
 
 
@@ -25,4 +25,6 @@ def load_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return z["probabilities"].astype(np.float32), z["affine"]
     except (OSError, KeyError, ValueError) as e:
-        raise MedsegError(f"{path}: not a medseg probabilities file ({e})") from e
+        raise VolumeReadError(
+            f"{path}: not a medseg probabilities file ({e}); predict or validate again"
+        ) from e

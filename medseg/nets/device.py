@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import DeviceError
 
 
 def resolve_device(name: str = "auto"):
@@ -16,14 +16,14 @@ def resolve_device(name: str = "auto"):
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MedsegError(
+            raise DeviceError(
                 f"device {name!r} requested but CUDA is not available here (torch "
                 f"{torch.__version__}); use --device cpu, or install a CUDA build of torch"
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MedsegError(
+            raise DeviceError(
                 f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
             )
         return device
-    raise MedsegError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")

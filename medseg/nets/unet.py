@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import PlanError
 
 
 def _allowed() -> dict[str, object]:
@@ -40,10 +40,10 @@ def _resolve(name: str, allowed: Mapping[str, object]) -> object:
     try:
         return allowed[name]
     except KeyError:
-        raise MedsegError(
+        raise PlanError(
             f"unsupported network component {name!r} in the plans; medseg builds "
             "dynamic_network_architectures' PlainConvUNet and ResidualEncoderUNet with torch.nn "
-            "convolutions, norms, dropouts and activations"
+            "convolutions, norms, dropouts and activations: plan again with 'medseg plan'"
         ) from None
 
 

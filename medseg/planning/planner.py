@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import PlanError
 from medseg.core.records import PLANS_SCHEMA, Fingerprint, stamp
 from medseg.planning.memory import feature_map_voxels
 from medseg.planning.normalization import normalization_plan
@@ -187,7 +187,7 @@ def plan_experiment(fp: Fingerprint, settings: PlannerSettings = PlannerSettings
     """The plans record for a fingerprint (see the module docstring)."""
     for name in settings.configurations or ():
         if name not in CONFIGURATIONS:
-            raise MedsegError(f"unknown configuration {name!r}; choose from {CONFIGURATIONS}")
+            raise PlanError(f"unknown configuration {name!r}; choose from {CONFIGURATIONS}")
     if settings.target_spacing is not None:
         target = np.array(settings.target_spacing, dtype=float)
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import PlanError
 
 EPS = 1e-8
 
@@ -38,8 +38,9 @@ def _rescale01(image: np.ndarray, mask: np.ndarray | None, props: dict) -> np.nd
 
 def _rgb01(image: np.ndarray, mask: np.ndarray | None, props: dict) -> np.ndarray:
     if image.min() < 0 or image.max() > 255:
-        raise MedsegError(
-            f"RGBTo01Normalization expects values in [0, 255], found [{image.min()}, {image.max()}]"
+        raise PlanError(
+            f"RGBTo01Normalization expects values in [0, 255], found [{image.min()}, "
+            f"{image.max()}]: the plans' normalization does not fit this image"
         )
     image /= 255.0
     return image
@@ -73,8 +74,9 @@ def normalize(
         try:
             fn = SCHEMES[schemes[c]]
         except KeyError:
-            raise MedsegError(
-                f"unknown normalization scheme {schemes[c]!r}; known: {', '.join(SCHEMES)}"
+            raise PlanError(
+                f"unknown normalization scheme {schemes[c]!r} in the plans; known: "
+                f"{', '.join(SCHEMES)}"
             ) from None
         mask = inside if use_mask[c] else None
         data[c] = fn(data[c], mask, channel_props.get(str(c), {}))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import TrainingError
 from medseg.io.preprocessed import open_case_arrays, read_case_record, read_locations
 from medseg.preprocessing.crop import OUTSIDE
 
@@ -107,7 +107,10 @@ def sample_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``image (B, C, *patch)`` float32 and ``label (B, 1, *patch)`` int16 for one batch."""
     if not case_ids:
-        raise MedsegError("no cases to sample training patches from")
+        raise TrainingError(
+            "no cases to sample training patches from; the fold's training list is empty "
+            "(check the splits)"
+        )
     images, labels = [], []
     for force in forced_foreground(batch_size, oversample):
         case_id = case_ids[int(rng.integers(len(case_ids)))]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import TrainingError
 from medseg.core.records import resolve_configuration
 from medseg.io.preprocessed import case_ids
 from medseg.nets.checkpoint import (
@@ -79,11 +79,14 @@ def fold_cases(splits: dict, fold: int | str, available: list[str]) -> tuple[lis
     else:
         folds = splits["folds"]
         if not 0 <= int(fold) < len(folds):
-            raise MedsegError(f"fold {fold} does not exist; the splits have {len(folds)} folds")
+            raise TrainingError(
+                f"fold {fold} does not exist; the splits have {len(folds)} folds (0 to "
+                f"{len(folds) - 1})"
+            )
         train, val = folds[int(fold)]["train"], folds[int(fold)]["val"]
     missing = sorted(set(train + val) - set(available))
     if missing:
-        raise MedsegError(
+        raise TrainingError(
             f"{len(missing)} case(s) of the split are not preprocessed ({', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''}); preprocess them or remake the split"
         )
@@ -230,7 +233,10 @@ def _resume(run: _Run, out: Path) -> tuple[int, list[dict], float | None]:
     }
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
-        raise MedsegError(f"{out}: cannot resume with different settings ({', '.join(changed)})")
+        raise TrainingError(
+            f"{out}: cannot resume with different settings ({', '.join(changed)}); resume "
+            "with the settings of the first run, or train into another folder"
+        )
     load_weights(run.model, model_weights(tensors))
     restore_optimizer(run.optimizer, tensors, document)
     if run.scaler is not None and state.get("scaler"):
@@ -284,7 +290,7 @@ def train(
     start, history, best = 0, [], None
     if latest.exists():
         if not resume:
-            raise MedsegError(f"{out} already holds a training run; pass --resume to continue "
+            raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
                               "it, or choose another output folder")  # fmt: skip
         try:
             start, history, best = _resume(run, out)
