@@ -73,7 +73,7 @@ def demo_models(tmp_path_factory, demo_dataset):
     from medseg.planning.splits import make_splits
     from medseg.prepare.preprocess import preprocess_dataset
     from medseg.training.loop import TrainSettings, train
-    from medseg.training.validation import validate_fold
+    from medseg.validation.fold import ValidationSettings, validate_fold
 
     root = tmp_path_factory.mktemp("demo_models")
     spec = load_dataset(demo_dataset)
@@ -94,14 +94,7 @@ def demo_models(tmp_path_factory, demo_dataset):
                 config, fold, device="cpu", epochs=2, iterations=6, val_iterations=1, workers=0
             )
             train(plans, splits, root / "pre" / config, out, settings)
-            validate_fold(
-                out,
-                plans,
-                splits,
-                root / "pre" / config,
-                settings,
-                dataset=demo_dataset,
-                mirroring=False,
-            )
+            checked = ValidationSettings(fold, device="cpu", mirroring=False)
+            validate_fold(out, plans, splits, root / "pre" / config, checked, dataset=demo_dataset)
             checkpoints.setdefault(config, {})[fold] = out / "checkpoint_final.safetensors"
     return root, plans, splits, checkpoints

@@ -27,7 +27,7 @@ def test_help_teaches_every_command():
 
     actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     names = list(actions[0].choices)
-    assert len(names) == 15 and {"predict", "select", "export", "curves"} <= set(names)
+    assert len(names) == 16 and {"predict", "select", "export", "curves"} <= set(names)
     for command in names:
         assert command in result.stdout
         sub = run_cli(command, "--help")

@@ -204,4 +204,18 @@ def test_validation_only_needs_a_finished_training(tiny, demo_dataset, tmp_path)
                              "--no-mirroring"], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "epoch" not in result.stdout and "fold validation (3 cases)" in result.stdout
-    assert (tmp_path / "m" / "validation" / "metrics.json").exists()
+    metrics = tmp_path / "m" / "validation" / "metrics.json"
+    first = json.loads(metrics.read_text())
+    metrics.unlink()
+    # the same stage on its own (the workflow's validate rule)
+    validate = [sys.executable, "-m", "medseg.cli.main", "validate", str(root / "pre"),
+                str(root / "plans.json"), str(root / "splits.json"), "--fold", "1",
+                "-o", str(tmp_path / "m"), "--device", "cpu", "--dataset", str(demo_dataset),
+                "--no-mirroring"]  # fmt: skip
+    result = subprocess.run(validate, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(metrics.read_text()) == first
+    result = subprocess.run([*validate, "--checkpoint", "best"], capture_output=True, text=True)
+    assert result.returncode == 0 and json.loads(metrics.read_text())["checkpoint"] == (
+        "checkpoint_best"
+    )

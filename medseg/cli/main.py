@@ -23,6 +23,7 @@ from medseg.cli import (
     split,
     summary,
     train,
+    validate,
 )
 from medseg.cli.console import err, setup_logging
 from medseg.cli.errors import EXIT_INTERRUPTED, describe_error
@@ -36,6 +37,7 @@ COMMANDS = (
     split,
     preprocess,
     train,
+    validate,
     predict,
     evaluate,
     select,
@@ -57,10 +59,12 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg fingerprint DATASET -o fingerprint.json
   medseg plan fingerprint.json -o plans.json
   medseg split DATASET -o splits.json
-  medseg preprocess DATASET plans.json --config 3d_fullres -o preprocessed/3d_fullres
-  medseg train preprocessed/3d_fullres plans.json splits.json --config 3d_fullres \
-      --fold 0 -o models/3d_fullres/fold_0
-  medseg select models/ --dataset DATASET --plans plans.json --splits splits.json \
+  medseg preprocess DATASET plans.json --config 3d_fullres -o pre/3d_fullres
+  medseg train pre/3d_fullres plans.json splits.json --config 3d_fullres \\
+      --fold 0 -o models/3d_fullres/fold_0       trains, then validates the fold
+  medseg validate pre/3d_fullres plans.json splits.json --fold 0 \\
+      -o models/3d_fullres/fold_0                the fold validation on its own
+  medseg select models/ --dataset DATASET --plans plans.json --splits splits.json \\
       -o cv/ --model model/                     best configuration or ensemble from CV
   medseg evaluate predictions/ labels/          Dice, HD95, NSD per class and case
   medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/

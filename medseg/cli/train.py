@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
+from medseg.cli.validate import add_validation_options, fold_arg, validate
 
 HELP = "train one planned configuration on one cross-validation fold"
 EPILOG = """\
@@ -26,17 +27,9 @@ Examples:
       -o models/3d_fullres/fold_0
   medseg train ... --device cpu --epochs 5 --iterations 20          # a short CPU run
   medseg train ... --resume                                          # continue after a crash
-  medseg train ... --validation-only --dataset /data/Task04_Hippocampus
+  medseg train ... --no-validation                                  # validate later:
+  medseg validate pre/3d_fullres plans.json splits.json --fold 0 -o models/3d_fullres/fold_0
 """
-
-
-def _fold(text: str):
-    if text == "all":
-        return "all"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"fold must be a number or 'all', got {text!r}") from None
 
 
 def add_parser(sub) -> None:
@@ -45,15 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("plans", type=Path, metavar="PLANS")
     p.add_argument("splits", type=Path, metavar="SPLITS")
     p.add_argument("--config", required=True, metavar="NAME", help="configuration, e.g. 3d_fullres")
-    p.add_argument("--fold", required=True, type=_fold, metavar="K", help="fold number or 'all'")
+    p.add_argument("--fold", required=True, type=fold_arg, metavar="K", help="fold number or 'all'")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL_DIR")
-    p.add_argument(
-        "--dataset",
-        type=Path,
-        metavar="DATASET",
-        help="raw dataset, to score fold validation against the original labels",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_validation_options(p)
     p.add_argument("--epochs", type=int, default=1000, help="default: 1000 (nnU-Net)")
     p.add_argument("--iterations", type=int, default=250, help="per epoch (default: 250)")
     p.add_argument("--val-iterations", type=int, default=50, help="per epoch (default: 50)")
@@ -70,10 +57,8 @@ def add_parser(sub) -> None:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--no-validation", action="store_true", help="skip the final fold validation")
     when.add_argument("--validation-only", action="store_true",
-                      help="only the fold validation, with the finished training's "
-                           "checkpoint_final (the workflow's validate step)")  # fmt: skip
-    p.add_argument("--no-mirroring", action="store_true",
-                   help="fold validation without mirroring test-time augmentation")  # fmt: skip
+                      help="only the fold validation of the finished training (the same as "
+                           "'medseg validate')")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,22 +101,10 @@ def run(args: argparse.Namespace) -> int:
             highlight=False,
         )
 
-    if args.validation_only:
-        from medseg.core.errors import CheckpointError
-
-        if not (args.output / "checkpoint_final.safetensors").exists():
-            raise CheckpointError(f"{args.output}: no checkpoint_final.safetensors; finish "
-                                  "the training first (medseg train without "
-                                  "--validation-only)")  # fmt: skip
-    else:
+    if not args.validation_only:
         with bar:
             train(plans, splits, args.preprocessed, args.output, settings, resume=args.resume,
                   on_iteration=on_iteration, on_epoch=on_epoch)  # fmt: skip
-    if not args.no_validation:
-        from medseg.training.validation import validate_fold
-
-        summary = validate_fold(args.output, plans, splits, args.preprocessed, settings,
-                                dataset=args.dataset, mirroring=not args.no_mirroring)  # fmt: skip
-        means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean_dice"].items())
-        out.print(f"fold validation ({summary['n_cases']} cases): Dice {means}", highlight=False)
-    return 0
+    if args.no_validation:
+        return 0
+    return validate(args, plans, splits)

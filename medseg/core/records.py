@@ -145,3 +145,9 @@ def resolve_configuration(plans: dict, name: str) -> dict:
         seen.add(parent)
         config = {**configs[parent], **config}
     return config
+
+
+def default_mirror_axes(patch_size) -> tuple[int, ...]:
+    """nnU-Net's mirroring axes for a patch: every spatial axis, ``(0, 1)`` in 2D and
+    ``(0, 1, 2)`` in 3D (for training augmentation and test-time mirroring alike)."""
+    return tuple(range(len(patch_size)))

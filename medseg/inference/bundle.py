@@ -23,7 +23,7 @@ from pathlib import Path
 
 from medseg import __version__
 from medseg.core.errors import ModelError
-from medseg.core.records import resolve_configuration, stamp
+from medseg.core.records import default_mirror_axes, resolve_configuration, stamp
 from medseg.inference.model_check import (
     MODEL_SCHEMA,
     build_checked_network,
@@ -61,11 +61,6 @@ class ModelBundle:
     @property
     def label_names(self) -> dict[int, str]:
         return {v: n for v, n in self.labels}
-
-
-def default_mirror_axes(config: dict) -> tuple[int, ...]:
-    """nnU-Net's test-time mirroring axes: all spatial axes of the patch."""
-    return tuple(range(len(config["patch_size"])))
 
 
 def export_model(
@@ -137,8 +132,8 @@ def _load_member(root: Path, plans: dict, record: dict, folds, device) -> Member
     if record.get("previous"):
         previous = _load_member(root, plans, record["previous"], folds, device)
         n_in += len(plans["labels"]) - 1  # the previous stage's one-hot foreground
-    member = Member(configuration, config, use, mirror_axes=default_mirror_axes(config),
-                    previous=previous)  # fmt: skip
+    mirror = default_mirror_axes(config["patch_size"])
+    member = Member(configuration, config, use, mirror_axes=mirror, previous=previous)
     where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
     for fold in use:
         network = build_checked_network(config["architecture"], n_in, len(plans["labels"]), where)

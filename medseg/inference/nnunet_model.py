@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.core.errors import CheckpointError
-from medseg.inference.bundle import Member, ModelBundle, ModelError, default_mirror_axes
+from medseg.core.records import default_mirror_axes
+from medseg.inference.bundle import Member, ModelBundle, ModelError
 from medseg.inference.model_check import (
     NNUNET_FIX,
     build_checked_network,
@@ -101,7 +102,7 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
     if not use or missing:
         raise ModelError(f"{root}: folds {missing or use} not found (available: {available})")
     member = Member(configuration, config, [int(f) if f.isdigit() else f for f in use],
-                    mirror_axes=default_mirror_axes(config))  # fmt: skip
+                    mirror_axes=default_mirror_axes(config["patch_size"]))  # fmt: skip
     where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
     for fold in use:
         path = _checkpoint(root / f"fold_{fold}")

@@ -56,3 +56,24 @@ def validate_splits(record: object, case_ids: Sequence[str], where: str = "split
     if twice:
         raise RecordError(f"{where}: cases validated in more than one fold: {twice[:5]}")
     return record
+
+
+def fold_cases(splits: dict, fold: int | str, available: list[str]) -> tuple[list[str], list[str]]:
+    """Training and validation case ids of ``fold`` ('all': train and validate on all)."""
+    if fold == "all":
+        train, val = sorted(available), sorted(available)
+    else:
+        folds = splits["folds"]
+        if not 0 <= int(fold) < len(folds):
+            raise RecordError(
+                f"fold {fold} does not exist; the splits have {len(folds)} folds (0 to "
+                f"{len(folds) - 1})"
+            )
+        train, val = folds[int(fold)]["train"], folds[int(fold)]["val"]
+    missing = sorted(set(train + val) - set(available))
+    if missing:
+        raise RecordError(
+            f"{len(missing)} case(s) of the split are not preprocessed ({', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}); preprocess them or remake the split"
+        )
+    return list(train), list(val)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.core.errors import AugmentError
+from medseg.core.records import default_mirror_axes
 from medseg.preprocessing.crop import OUTSIDE
 from medseg.training.augment_intensity import (
     blur,
@@ -101,11 +102,11 @@ def settings_for_patch(patch_size: Sequence[int], **overrides) -> AugmentSetting
     patch = [int(p) for p in patch_size]
     if len(patch) == 2:
         limit = 15.0 if max(patch) / min(patch) > 1.5 else 180.0
-        base = {"dummy_2d": False, "mirror_axes": (0, 1)}
+        base = {"dummy_2d": False, "mirror_axes": default_mirror_axes(patch)}
     elif len(patch) == 3:
         dummy = max(patch) / patch[0] > ANISO_THRESHOLD
         limit = 180.0 if dummy else 30.0
-        base = {"dummy_2d": dummy, "mirror_axes": (0, 1, 2)}
+        base = {"dummy_2d": dummy, "mirror_axes": default_mirror_axes(patch)}
     else:
         raise AugmentError(f"patch size {patch_size} must have 2 or 3 axes")
     angle = limit / 360 * 2 * math.pi

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from medseg.core.errors import TrainingError
+from medseg.core.layout import Checkpoint
 from medseg.core.records import resolve_configuration
 from medseg.io.preprocessed import case_ids
 from medseg.nets.checkpoint import (
@@ -33,6 +34,7 @@ from medseg.nets.checkpoint import (
     save_checkpoint,
 )
 from medseg.nets.device import resolve_device
+from medseg.planning.splits import fold_cases
 from medseg.training.augment import settings_for_patch
 from medseg.training.loader import (
     VALIDATION_STREAM,
@@ -45,7 +47,7 @@ from medseg.training.model import build_loss, build_model
 
 log = logging.getLogger(__name__)
 
-LATEST, BEST, FINAL = "checkpoint_latest", "checkpoint_best", "checkpoint_final"
+LATEST, BEST, FINAL = Checkpoint.LATEST.value, Checkpoint.BEST.value, Checkpoint.FINAL.value
 EMA_DECAY = 0.9
 
 
@@ -70,27 +72,6 @@ class TrainSettings:
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
     return initial * (1 - epoch / epochs) ** exponent
-
-
-def fold_cases(splits: dict, fold: int | str, available: list[str]) -> tuple[list[str], list[str]]:
-    """Training and validation case ids of ``fold`` ('all': train and validate on all)."""
-    if fold == "all":
-        train, val = sorted(available), sorted(available)
-    else:
-        folds = splits["folds"]
-        if not 0 <= int(fold) < len(folds):
-            raise TrainingError(
-                f"fold {fold} does not exist; the splits have {len(folds)} folds (0 to "
-                f"{len(folds) - 1})"
-            )
-        train, val = folds[int(fold)]["train"], folds[int(fold)]["val"]
-    missing = sorted(set(train + val) - set(available))
-    if missing:
-        raise TrainingError(
-            f"{len(missing)} case(s) of the split are not preprocessed ({', '.join(missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''}); preprocess them or remake the split"
-        )
-    return list(train), list(val)
 
 
 @dataclass

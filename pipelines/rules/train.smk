@@ -47,7 +47,6 @@ rule validate:
         folder=lambda wildcards, input: os.path.dirname(input.final),
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         device=config["device"],
-        t=config["training"],
         mirroring="" if config["training"]["mirroring"] else "--no-mirroring",
     log:
         f"{OUT}/logs/validate_{{config}}_fold_{{fold}}.log",
@@ -61,10 +60,9 @@ rule validate:
         runtime=config["training"]["runtime"],
         gpu=gpu_resource,
     shell:
-        "medseg train {input.preprocessed:q} {input.plans:q} {input.splits:q} "
-        "--config {wildcards.config} --fold {wildcards.fold} -o {params.folder:q} "
-        "--dataset {params.dataset:q} --device {params.device} --threads {threads} "
-        "--seed {params.t[seed]} {params.mirroring} --validation-only > {log:q} 2>&1"
+        "medseg validate {input.preprocessed:q} {input.plans:q} {input.splits:q} "
+        "--fold {wildcards.fold} -o {params.folder:q} --dataset {params.dataset:q} "
+        "--device {params.device} --threads {threads} {params.mirroring} > {log:q} 2>&1"
 
 
 rule curves:

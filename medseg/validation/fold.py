@@ -13,31 +13,43 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medseg.core.layout import Checkpoint, FoldDir
+from medseg.core.records import default_mirror_axes
 from medseg.core.volume import Volume
 from medseg.dataset.layout import load_dataset
 from medseg.evaluation.metrics import dice_per_label
 from medseg.inference.predict import probabilities_on_original_grid
 from medseg.inference.sliding_window import predict_logits
 from medseg.io.atomic import write_text_atomic
-from medseg.io.preprocessed import open_case_arrays, read_case_record
+from medseg.io.preprocessed import case_ids, open_case_arrays, read_case_record
 from medseg.io.probabilities import save_probabilities
 from medseg.io.volumes import read_volume, write_volume
 from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
 from medseg.nets.device import resolve_device
+from medseg.nets.unet import build_network
+from medseg.planning.splits import fold_cases
 from medseg.preprocessing.pipeline import to_original
-from medseg.training.augment import settings_for_patch
-from medseg.training.loop import FINAL, TrainSettings, fold_cases
-from medseg.training.model import build_model, set_deep_supervision
 
 log = logging.getLogger(__name__)
 
 #: Tiles per forward pass: about 3.5x faster per tile than one at a time on CPU.
 TILE_BATCH = 4
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Which fold to validate, on what device, with which checkpoint and mirroring."""
+
+    fold: int | str
+    device: str = "auto"
+    mirroring: bool = True
+    checkpoint: Checkpoint = Checkpoint.FINAL
 
 
 def _reference(case_id: str, dataset, preprocessed: Path, record: dict) -> Volume:
@@ -52,30 +64,31 @@ def validate_fold(
     plans: dict,
     splits: dict,
     preprocessed: Path,
-    settings: TrainSettings,
+    settings: ValidationSettings,
     *,
     dataset: Path | None = None,
-    mirroring: bool = True,
-    checkpoint: str = FINAL,
 ) -> dict:
-    """Predict and score the validation cases of the fold; returns the metrics summary."""
-    from medseg.io.preprocessed import case_ids
+    """Predict and score the validation cases of the fold; returns the metrics summary.
 
-    model_dir, preprocessed = Path(model_dir), Path(preprocessed)
-    tensors, document = load_checkpoint(model_dir / f"{checkpoint}.safetensors")
+    The fold's ``validation/`` folder receives ``CASE.nii.gz`` (labels) and
+    ``CASE.npz`` (probabilities) on each case's original grid, and ``metrics.json``
+    (Dice per class, against ``dataset``'s labels when given, else the
+    preprocessed labels mapped back).
+    """
+    fold_dir, preprocessed = FoldDir(Path(model_dir)), Path(preprocessed)
+    tensors, document = load_checkpoint(fold_dir.checkpoint(settings.checkpoint))
     config = document["state"]["configuration"]
     labels = [v for v, _ in plans["labels"] if v != 0]
     names = {v: n for v, n in plans["labels"]}
-    network = build_model(config, len(plans["channel_names"]), len(plans["labels"]), 0)
+    network = build_network(config["architecture"], len(plans["channel_names"]),
+                            len(plans["labels"]))  # fmt: skip
     load_weights(network, model_weights(tensors))
-    set_deep_supervision(network, False)
     device = resolve_device(settings.device)
     network.to(device).eval()
     patch = tuple(config["patch_size"])
-    mirror = settings_for_patch(patch).mirror_axes if mirroring else ()
+    mirror = default_mirror_axes(patch) if settings.mirroring else ()
     spec = load_dataset(dataset) if dataset is not None else None
     _, val_ids = fold_cases(splits, settings.fold, case_ids(preprocessed))
-    folder = model_dir / "validation"
     per_case = {}
     for case_id in val_ids:
         record = read_case_record(preprocessed, case_id)
@@ -92,15 +105,16 @@ def validate_fold(
             )
         probs = probabilities_on_original_grid(logits.numpy(), record)
         label = Volume.label(probs.array.argmax(0).astype(np.uint8), probs.affine)
-        write_volume(label, folder / f"{case_id}.nii.gz")
-        save_probabilities(folder / f"{case_id}.npz", probs.array, probs.affine)
+        write_volume(label, fold_dir.validation_label(case_id))
+        save_probabilities(fold_dir.validation_probabilities(case_id), probs.array, probs.affine)
         ref = _reference(case_id, spec, preprocessed, record)
         per_case[case_id] = {names[c]: d for c, d in
                              dice_per_label(label.array, ref.array, labels).items()}  # fmt: skip
         log.info("validated %s: %s", case_id, per_case[case_id])
     mean = {names[c]: float(np.nanmean([per_case[k][names[c]] for k in per_case]))
             for c in labels}  # fmt: skip
-    summary = {"fold": settings.fold, "checkpoint": checkpoint, "mirroring": list(mirror),
+    summary = {"fold": settings.fold, "checkpoint": Checkpoint(settings.checkpoint).value,
+               "mirroring": list(mirror),
                "n_cases": len(per_case), "mean_dice": mean, "cases": per_case}  # fmt: skip
-    write_text_atomic(folder / "metrics.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(fold_dir.validation_metrics, json.dumps(summary, indent=1) + "\n")
     return summary
