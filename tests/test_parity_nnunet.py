@@ -32,7 +32,7 @@ from medseg.dataset.check import read_case
 from medseg.fingerprint.extract import extract_fingerprint
 from medseg.io import write_volume
 from medseg.planning.planner import PlannerSettings, plan_experiment
-from medseg.preprocessing.pipeline import preprocess_case
+from medseg.preprocessing.pipeline import preprocess_case, step
 
 pytestmark = pytest.mark.slow
 
@@ -91,13 +91,12 @@ def assert_preprocessed_match(spec, plans: dict, run, configuration: str, case_i
              run.plans["foreground_intensity_properties_per_channel"]}  # fmt: skip
     for case_id in case_ids:
         image, label = read_case(spec, spec.case(case_id))
-        data, seg, record, _ = preprocess_case(image, label, plans, configuration,
-                                               np.random.default_rng(0), case_id)  # fmt: skip
+        data, seg, record = preprocess_case(image, label, plans, configuration, case_id)
         ref_data, ref_seg, props = load_preprocessed_case(run, configuration, case_id)
         assert data.shape == ref_data.shape, case_id
         assert float(np.abs(data - ref_data).max()) < 1e-3, case_id
         assert np.array_equal(seg, ref_seg[0]), case_id
-        assert [list(b) for b in props["bbox_used_for_cropping"]] == record["crop_box"]
+        assert [list(b) for b in props["bbox_used_for_cropping"]] == step(record, "crop")["box"]
 
 
 # --- end-to-end runs on three datasets ------------------------------------------------

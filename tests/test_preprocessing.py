@@ -25,7 +25,7 @@ from medseg.planning.planner import PlannerSettings, plan_experiment
 from medseg.preprocessing.crop import OUTSIDE, crop_to_nonzero, uncrop
 from medseg.preprocessing.locations import sample_class_locations
 from medseg.preprocessing.normalize import normalize
-from medseg.preprocessing.pipeline import preprocess_case, to_original
+from medseg.preprocessing.pipeline import preprocess_case, step, to_original
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,8 +45,7 @@ def test_hippocampus_round_trip_is_exact(hippocampus):
     plans = plans_for(hippocampus)
     for case in spec.training[:12]:
         image, label = read_case(spec, case)
-        data, seg, record, _ = preprocess_case(image, label, plans, "3d_fullres",
-                                               np.random.default_rng(0))  # fmt: skip
+        data, seg, record = preprocess_case(image, label, plans, "3d_fullres")
         back = to_original(seg, record)
         assert back.kind is Kind.LABEL
         assert np.array_equal(back.affine, label.affine)
@@ -70,9 +69,13 @@ def test_resampled_ct_round_trip_dice(shared_data, target):
                      "percentile_99_5": 250.0},), 1.0)  # fmt: skip
     plans = plan_experiment(fp, PlannerSettings(configurations=("3d_fullres",),
                                                 target_spacing=target))  # fmt: skip
-    data, seg, record, _ = preprocess_case(image, label, plans, "3d_fullres",
-                                           np.random.default_rng(0))  # fmt: skip
-    assert record["shape_after_resampling"] != record["shape_after_crop"]
+    data, seg, record = preprocess_case(image, label, plans, "3d_fullres")
+    resampled = step(record, "resample")
+    assert resampled["shape_after"] != resampled["shape_before"]
+    assert record["shape"] == resampled["shape_after"] == list(seg.shape)
+    assert [s["step"] for s in record["steps"]] == [
+        "processing_grid", "transpose", "crop", "normalize", "resample"
+    ]  # fmt: skip
     back = to_original(seg, record)
     assert back.array.shape == label.array.shape
     assert np.array_equal(back.affine, label.affine)
@@ -92,13 +95,12 @@ def test_demo_round_trip_by_resampling_regime(demo_dataset):
     kinds = set()
     for case in spec.training:
         image, label = read_case(spec, case)
-        data, seg, record, _ = preprocess_case(image, label, plans, "3d_fullres",
-                                               np.random.default_rng(0))  # fmt: skip
+        data, seg, record = preprocess_case(image, label, plans, "3d_fullres")
         back = to_original(seg, record)
         assert back.array.shape == label.array.shape
         assert np.array_equal(back.affine, label.affine)
-        before = np.array(record["spacing_before_resampling"])
-        after = np.array(record["spacing_after_resampling"])
+        before = np.array(step(record, "resample")["spacing_before"])
+        after = np.array(step(record, "resample")["spacing_after"])
         if np.allclose(after, before, rtol=1e-6):
             kinds.add("kept")
             assert np.array_equal(back.array, label.array), case.case_id
@@ -166,9 +168,10 @@ def test_store_round_trip_and_patch_reads(tmp_path):
     data = rng.normal(size=(2, 30, 90, 100)).astype(np.float32)
     seg = rng.integers(-1, 3, (30, 90, 100)).astype(np.int8)
     locs = sample_class_locations(seg, [1, 2], rng)
-    write_case(tmp_path, "c1", data, seg, {"case_id": "c1"}, locs, (16, 48, 48))
+    record = {"schema": "medseg.case", "schema_version": 2, "case_id": "c1", "steps": []}
+    write_case(tmp_path, "c1", data, seg, record, locs, (16, 48, 48))
     assert case_ids(tmp_path) == ["c1"]
-    assert read_case_record(tmp_path, "c1") == {"case_id": "c1"}
+    assert read_case_record(tmp_path, "c1") == record
     img, lab = open_case_arrays(tmp_path, "c1")
     assert img.chunks == (1, 16, 48, 48)
     window = (slice(None), slice(3, 19), slice(10, 58), slice(40, 88))
@@ -188,10 +191,11 @@ def test_two_d_configuration_keeps_slices(demo_dataset):
     spec = load_dataset(demo_dataset)
     plans = plan_experiment(extract_fingerprint(spec), PlannerSettings(configurations=("2d",)))
     image, label = read_case(spec, spec.training[0])
-    data, seg, record, _ = preprocess_case(image, label, plans, "2d", np.random.default_rng(0))
+    data, seg, record = preprocess_case(image, label, plans, "2d")
     # the slice axis keeps its own spacing; in-plane goes to the 2D target
-    assert record["spacing_after_resampling"][0] == record["spacing_before_resampling"][0]
-    assert record["spacing_after_resampling"][1:] == plans["configurations"]["2d"]["spacing"]
+    resampled = step(record, "resample")
+    assert resampled["spacing_after"][0] == resampled["spacing_before"][0]
+    assert resampled["spacing_after"][1:] == plans["configurations"]["2d"]["spacing"]
     back = to_original(seg, record)
     assert dice(back.array == 1, label.array == 1) >= 0.99
 
@@ -200,7 +204,23 @@ def test_preprocess_without_label_marks_only_the_outside(demo_dataset):
     spec = load_dataset(demo_dataset)
     plans = plans_for(demo_dataset)
     image, _ = read_case(spec, spec.training[1])
-    data, seg, record, locs = preprocess_case(image, None, plans, "3d_fullres",
-                                              np.random.default_rng(0))  # fmt: skip
-    assert locs == {} and set(np.unique(seg)) <= {OUTSIDE, 0} and not record["has_label"]
+    data, seg, record = preprocess_case(image, None, plans, "3d_fullres")
+    assert set(np.unique(seg)) <= {OUTSIDE, 0} and not record["has_label"]
     assert json.loads(json.dumps(record)) == record
+
+
+def test_case_records_are_checked_and_undone_step_by_step(tmp_path, demo_dataset):
+    from medseg.core.errors import RecordError
+
+    old = {"schema": "medseg.case", "schema_version": 1, "case_id": "c1", "crop_box": []}
+    (tmp_path / "c1.json").write_text(json.dumps(old))
+    with pytest.raises(RecordError, match="another medseg version.*preprocess' again"):
+        read_case_record(tmp_path, "c1")
+    spec = load_dataset(demo_dataset)
+    image, label = read_case(spec, spec.training[0])
+    _, seg, record = preprocess_case(image, label, plans_for(demo_dataset), "3d_fullres")
+    # the inverse walks the steps backwards, each undone from its own entry; a step this
+    # medseg cannot undo is refused instead of skipped
+    record["steps"].insert(3, {"step": "denoise", "sigma": 1.0})
+    with pytest.raises(RecordError, match="cannot undo step 'denoise'"):
+        to_original(seg, record)

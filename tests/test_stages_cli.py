@@ -49,7 +49,7 @@ def test_stages_chain_on_the_demo(demo_dataset, tmp_path):
     assert len(case_ids(pre)) == 6
     data, seg = open_case_arrays(pre, "demo_000")
     rec = read_case_record(pre, "demo_000")
-    assert data.shape[1:] == seg.shape == tuple(rec["shape_after_resampling"])
+    assert data.shape[1:] == seg.shape == tuple(rec["shape"])
     assert set(np.unique(seg[:])) <= {-1, 0, 1, 2}
     assert json.loads((pre / "preprocess.json").read_text())["configuration"] == "3d_fullres"
 

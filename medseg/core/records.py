@@ -20,6 +20,8 @@ from medseg.core.errors import RecordError
 FINGERPRINT_SCHEMA = ("medseg.fingerprint", 1)
 PLANS_SCHEMA = ("medseg.plans", 1)
 SPLITS_SCHEMA = ("medseg.splits", 1)
+#: One preprocessed case: the steps applied, in order (see medseg.preprocessing.pipeline).
+CASE_SCHEMA = ("medseg.case", 2)
 
 
 def stamp(record: dict, schema: tuple[str, int]) -> dict:

@@ -45,14 +45,12 @@ class PredictOptions:
 
 def _input_with_previous(member: Member, image: Volume, bundle: ModelBundle, options, progress):
     """Preprocessed input of ``member``; for a cascade, with the previous stage one-hot."""
-    rng = np.random.default_rng(0)  # no label: nothing is sampled
     if member.previous is None:
-        data, _, record, _ = preprocess_case(image, None, bundle.plans, member.configuration, rng)
+        data, _, record = preprocess_case(image, None, bundle.plans, member.configuration)
         return data, record
     previous = predict_member(member.previous, image, bundle, options, progress)
     prev_label = Volume.label(previous.array.argmax(0).astype(np.uint8), previous.affine)
-    data, seg, record, _ = preprocess_case(image, prev_label, bundle.plans, member.configuration,
-                                           rng)  # fmt: skip
+    data, seg, record = preprocess_case(image, prev_label, bundle.plans, member.configuration)
     foreground = [v for v, _ in bundle.labels if v != 0]
     onehot = np.stack([(seg == v) for v in foreground]).astype(np.float32)
     return np.concatenate([data, onehot]), record

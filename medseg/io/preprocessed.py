@@ -25,6 +25,7 @@ import blosc2
 import numpy as np
 
 from medseg.core.errors import RecordError
+from medseg.core.records import CASE_SCHEMA, read_record
 
 MAX_CHUNK_BYTES = 8 * 1024**2
 # measured on Hippocampus: ZSTD-3 + BYTEDELTA stores normalised float32 in 60% of
@@ -97,13 +98,18 @@ def case_ids(folder: Path) -> list[str]:
 
 
 def read_case_record(folder: Path, case_id: str) -> dict:
+    """The preprocessing record of a case, checked: a record of another version (an older
+    medseg's preprocessing) is refused with what to do."""
     path = Path(folder) / f"{case_id}.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
+        raise RecordError(f"{path}: no preprocessed case {case_id!r}; run 'medseg preprocess'")
+    record = read_record(path, CASE_SCHEMA)
+    if record["schema_version"] != CASE_SCHEMA[1] or not isinstance(record.get("steps"), list):
         raise RecordError(
-            f"{path}: no preprocessed case {case_id!r}; run 'medseg preprocess'"
-        ) from None
+            f"{path}: preprocessed by another medseg version (case record version "
+            f"{record['schema_version']}); run 'medseg preprocess' again"
+        )
+    return record
 
 
 def open_case_arrays(folder: Path, case_id: str):

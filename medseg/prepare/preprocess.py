@@ -16,6 +16,7 @@ from medseg.dataset.check import read_case
 from medseg.dataset.layout import Case, DatasetSpec
 from medseg.io.atomic import atomic_dir, write_text_atomic
 from medseg.io.preprocessed import write_case
+from medseg.preprocessing.locations import sample_class_locations
 from medseg.preprocessing.pipeline import preprocess_case
 
 
@@ -32,10 +33,12 @@ class _Job:
 
 def _run(job: _Job) -> str:
     image, label = read_case(job.spec, job.case)
+    data, seg, record = preprocess_case(image, label, job.plans, job.configuration,
+                                        job.case.case_id)  # fmt: skip
+    # foreground locations for oversampling belong to the training store, not preprocessing
+    classes = [v for v, _ in job.plans["labels"] if v != 0]
     rng = np.random.default_rng([job.seed, job.index])
-    data, seg, record, locations = preprocess_case(
-        image, label, job.plans, job.configuration, rng, job.case.case_id
-    )
+    locations = sample_class_locations(seg, classes, rng) if label is not None else {}
     patch = resolve_configuration(job.plans, job.configuration)["patch_size"]
     write_case(job.folder, job.case.case_id, data, seg, record, locations, patch)
     return job.case.case_id

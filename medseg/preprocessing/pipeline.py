@@ -1,21 +1,36 @@
 """One case through preprocessing, and the exact way back.
 
-Forward (nnU-Net v2's order): reorient to the processing grid -> transpose ->
-crop to non-zero -> normalise -> resample. Every step is recorded in a JSON
-record, and :func:`to_original` maps a prediction on the preprocessed grid back
-to the original file's grid using that record alone.
+Forward (nnU-Net v2's order): to the processing grid -> transpose -> crop to
+non-zero -> normalise -> resample. The case record lists these steps in order,
+each with the arguments it used (TorchIO's applied-transform history), and
+:func:`to_original` maps a prediction on the preprocessed grid back to the
+original file's grid by walking that list backwards, undoing each step from its
+own entry alone. A new step is one forward function and one inverse here.
+
+Record (``medseg.case``, version 2)::
+
+    {"schema": "medseg.case", "schema_version": 2, "case_id": ..., "configuration": ...,
+     "has_label": bool, "class_voxels": {"1": n, ...}, "shape": [final shape],
+     "steps": [{"step": "processing_grid", "orientation": {...}},
+               {"step": "transpose", "axes": [...]},
+               {"step": "crop", "box": [[lo, hi], ...], "shape_before": [...]},
+               {"step": "normalize", "schemes": [...]},
+               {"step": "resample", "spacing_before": [...], "spacing_after": [...],
+                "shape_before": [...], "shape_after": [...]}]}
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from medseg.core.records import resolve_configuration
+from medseg.core.errors import RecordError
+from medseg.core.records import CASE_SCHEMA, resolve_configuration
 from medseg.core.volume import Kind, Volume
 from medseg.geometry.orientation import OrientationRecord
 from medseg.preprocessing.crop import crop_to_nonzero, uncrop
 from medseg.preprocessing.grid import from_processing, reorients, to_processing
-from medseg.preprocessing.locations import sample_class_locations
 from medseg.preprocessing.normalize import normalize
 from medseg.preprocessing.resample import (
     compute_new_shape,
@@ -23,8 +38,6 @@ from medseg.preprocessing.resample import (
     resample_label,
     resample_probabilities,
 )
-
-CASE_SCHEMA = ("medseg.case", 1)
 
 
 def target_spacing(config: dict, spacing: tuple[float, ...]) -> list[float]:
@@ -38,58 +51,94 @@ def preprocess_case(
     label: Volume | None,
     plans: dict,
     configuration: str,
-    rng: np.random.Generator,
     case_id: str = "",
-) -> tuple[np.ndarray, np.ndarray, dict, dict[int, np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Preprocess one case for ``configuration`` of ``plans``.
 
     Returns ``data`` (C, ...) float32, ``seg`` (...) int8/int16 with -1 outside the
-    non-zero region, the JSON-ready record, and sampled foreground coordinates
-    per class (empty when there is no label).
+    non-zero region (all 0 and -1 without a label), and the JSON-ready record.
     """
     config = resolve_configuration(plans, configuration)
-    forward = plans["transpose_forward"]
-    reorient = reorients(plans)
-    data, spacing, orientation = to_processing(image, reorient)
-    seg = to_processing(label, reorient)[0] if label is not None else None
+    steps = []
+    data, spacing, orientation = to_processing(image, reorients(plans))
+    seg = to_processing(label, reorients(plans))[0] if label is not None else None
+    steps.append({"step": "processing_grid", "orientation": orientation.to_dict()})
+    forward = [int(a) for a in plans["transpose_forward"]]
     data = np.transpose(data, [0] + [a + 1 for a in forward])
     seg = np.transpose(seg, forward) if seg is not None else None
     spacing = tuple(spacing[a] for a in forward)
-    shape_before = tuple(int(s) for s in data.shape[1:])
+    steps.append({"step": "transpose", "axes": forward})
+    shape_before = [int(s) for s in data.shape[1:]]
     data, seg, box = crop_to_nonzero(data, seg)
-    shape_cropped = tuple(int(s) for s in data.shape[1:])
-    target = target_spacing(config, spacing)
-    new_shape = compute_new_shape(shape_cropped, spacing, target)
+    steps.append({"step": "crop", "box": [list(b) for b in box], "shape_before": shape_before})
     data = normalize(data, config["normalization_schemes"], config["use_mask_for_norm"],
                      plans["foreground_intensity_properties_per_channel"], seg)  # fmt: skip
+    steps.append({"step": "normalize", "schemes": list(config["normalization_schemes"])})
+    cropped = tuple(int(s) for s in data.shape[1:])
+    target = target_spacing(config, spacing)
+    new_shape = [int(s) for s in compute_new_shape(cropped, spacing, target)]
     data = resample_image(data, new_shape, spacing, target)
     seg = resample_label(seg, new_shape, spacing, target)
     seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8)
+    steps.append({"step": "resample", "spacing_before": list(spacing), "spacing_after": target,
+                  "shape_before": list(cropped), "shape_after": new_shape})  # fmt: skip
     classes = [v for v, _ in plans["labels"] if v != 0]
-    locations = sample_class_locations(seg, classes, rng) if label is not None else {}
     record = {
         "schema": CASE_SCHEMA[0],
         "schema_version": CASE_SCHEMA[1],
         "case_id": case_id,
         "configuration": configuration,
-        "orientation": orientation.to_dict(),
-        "transpose_forward": list(forward),
-        "shape_before_crop": list(shape_before),
-        "crop_box": [list(b) for b in box],
-        "shape_after_crop": list(shape_cropped),
-        "spacing_before_resampling": list(spacing),
-        "spacing_after_resampling": list(target),
-        "shape_after_resampling": [int(s) for s in new_shape],
         "has_label": label is not None,
         "class_voxels": {str(c): int(np.count_nonzero(seg == c)) for c in classes},
+        "shape": new_shape,
+        "steps": steps,
     }
-    return data, seg, record, locations
+    return data, seg, record
 
 
-def _untranspose(array: np.ndarray, record: dict) -> np.ndarray:
-    backward = np.argsort(record["transpose_forward"])
+def step(record: dict, name: str) -> dict:
+    """The entry of step ``name`` in a case record."""
+    for entry in record["steps"]:
+        if entry["step"] == name:
+            return entry
+    raise RecordError(f"case record {record.get('case_id')!r} has no {name!r} step")
+
+
+# -- the way back: each step undone from its own entry, last step first ----------------------
+
+
+def _untranspose(array: np.ndarray, entry: dict, _outside) -> np.ndarray:
+    backward = np.argsort(entry["axes"])
     lead = array.ndim - len(backward)
     return np.transpose(array, list(range(lead)) + [lead + int(a) for a in backward])
+
+
+def _uncrop(array: np.ndarray, entry: dict, outside) -> np.ndarray:
+    box = tuple(tuple(b) for b in entry["box"])
+    if np.issubdtype(array.dtype, np.integer):
+        return uncrop(np.maximum(array, 0), box, entry["shape_before"], fill=0)
+    fill = np.asarray(outside, np.float32).reshape(-1, 1, 1, 1)  # one value per class
+    return uncrop(array, box, entry["shape_before"], fill=fill)
+
+
+def _unresample(array: np.ndarray, entry: dict, _outside) -> np.ndarray:
+    args = (entry["shape_before"], entry["spacing_after"], entry["spacing_before"])
+    if np.issubdtype(array.dtype, np.integer):
+        return resample_label(array, *args)
+    return resample_probabilities(array, *args)
+
+
+def _unnormalize(array: np.ndarray, _entry: dict, _outside) -> np.ndarray:
+    return array  # predictions are labels or per-class values: nothing to undo
+
+
+_INVERSE: dict[str, Callable | None] = {
+    "processing_grid": None,  # last: gives the Volume (see to_original)
+    "transpose": _untranspose,
+    "crop": _uncrop,
+    "normalize": _unnormalize,
+    "resample": _unresample,
+}
 
 
 def to_original(prediction: np.ndarray, record: dict, outside=None) -> Volume:
@@ -102,19 +151,21 @@ def to_original(prediction: np.ndarray, record: dict, outside=None) -> Volume:
     background, 0 for the rest). Returns a label or image :class:`Volume` with
     exactly the original shape and affine.
     """
-    args = (record["shape_after_crop"], record["spacing_after_resampling"],
-            record["spacing_before_resampling"])  # fmt: skip
-    full = record["shape_before_crop"]
-    box = tuple(tuple(b) for b in record["crop_box"])
-    orientation = OrientationRecord.from_dict(record["orientation"])
-    if np.issubdtype(prediction.dtype, np.integer):
-        label = resample_label(prediction, *args)
-        label = uncrop(np.maximum(label, 0), box, full, fill=0)
-        return from_processing(_untranspose(label, record), orientation, Kind.LABEL)
-    probs = resample_probabilities(prediction, *args)
-    if outside is None:
-        outside = np.zeros(probs.shape[0], np.float32)
+    is_label = np.issubdtype(prediction.dtype, np.integer)
+    if outside is None and not is_label:
+        outside = np.zeros(prediction.shape[0], np.float32)
         outside[0] = 1.0
-    fill = np.asarray(outside, np.float32).reshape(-1, 1, 1, 1)  # one value per class
-    expanded = uncrop(probs, box, full, fill=fill)
-    return from_processing(_untranspose(expanded, record), orientation, Kind.IMAGE)
+    array = prediction
+    grid, *rest = record["steps"]
+    for entry in reversed(rest):
+        undo = _INVERSE.get(entry.get("step"))
+        if undo is None:
+            raise RecordError(
+                f"case record {record.get('case_id')!r}: cannot undo step "
+                f"{entry.get('step')!r}; preprocess again with this medseg"
+            )
+        array = undo(array, entry, outside)
+    if grid["step"] != "processing_grid":
+        raise RecordError(f"case record {record.get('case_id')!r} does not start on the grid")
+    orientation = OrientationRecord.from_dict(grid["orientation"])
+    return from_processing(array, orientation, Kind.LABEL if is_label else Kind.IMAGE)

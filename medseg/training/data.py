@@ -44,9 +44,9 @@ class CaseStore:
 
     def case(self, case_id: str):
         if case_id not in self._open:
-            record = read_case_record(self.folder, case_id)
+            read_case_record(self.folder, case_id)  # a complete case of this medseg version
             data, seg = open_case_arrays(self.folder, case_id)
-            shape = tuple(record["shape_after_resampling"])
+            shape = tuple(int(s) for s in seg.shape)
             locations = read_locations(self.folder, case_id, shape)
             present = [c for c, loc in sorted(locations.items()) if len(loc)]
             self._open[case_id] = (data, seg, shape, locations, present)
