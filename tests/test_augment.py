@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -361,21 +359,6 @@ def test_bad_inputs_say_what_is_wrong():
         augment(image, label, (8, 8), AugmentSettings(rotation=(0.0, 0.0)), gen())
     with pytest.raises(AugmentError, match="floating point"):
         augment(label, label, (8, 8), settings_for_patch((8, 8)), gen())
-
-
-def test_timing_cpu():
-    """Not an assertion: prints the CPU time per batch for two typical batches."""
-    for shape in [(2, 1, 64, 64, 64), (7, 1, 40, 56, 40)]:
-        patch = shape[2:]
-        settings = settings_for_patch(patch)
-        image, label = batch(shape[0], shape[1], source_patch_size(patch, settings))
-        augment(image, label, patch, settings, gen())
-        times = []
-        for seed in range(8):
-            start = time.perf_counter()
-            augment(image, label, patch, settings, gen(seed))
-            times.append(time.perf_counter() - start)
-        print(f"augment {shape}: median {1000 * np.median(times):.1f} ms per batch on CPU")
 
 
 @pytest.mark.gpu
