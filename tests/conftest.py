@@ -62,6 +62,17 @@ def demo_dataset(tmp_path_factory, demo_module) -> Path:
     return demo_module.write_dataset(tmp_path_factory.mktemp("demo") / "Demo", 6, 2, seed=0)
 
 
+#: Fixtures that train models: every test using one (directly or through another fixture)
+#: is marked slow, so 'make test-fast' stays fast and CI still runs them.
+TRAINING_FIXTURES = {"demo_models"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory, demo_dataset):
     """Tiny 3d_fullres and 2d models, two folds each, trained and fold-validated on the
