@@ -44,7 +44,7 @@ def model(demo_models, tmp_path_factory):
 def test_openvino_network_matches_torch(model, tmp_path):
     bundle = load_model(model, "cpu")
     part, _, network, channels = next(member_networks(bundle))
-    patch = part.config["patch_size"]
+    patch = part.config.patch_size
     path = cached_ir(network, channels, patch, tmp_path / "cache")
     stamp = path.stat().st_mtime_ns
     assert cached_ir(network, channels, patch, tmp_path / "cache") == path  # reused

@@ -34,14 +34,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.core.records import PLANS_SCHEMA, read_record
+    from medseg.core.plans import read_plans
     from medseg.dataset.layout import load_dataset
     from medseg.io.guard import refuse_overlap
     from medseg.prepare.preprocess import preprocess_dataset
 
     refuse_overlap([args.dataset, args.plans], args.output, replaces=True)
     spec = load_dataset(args.dataset)
-    plans = read_record(args.plans, PLANS_SCHEMA)
+    plans = read_plans(args.plans)
     with progress() as bar:
         task = bar.add_task(f"preprocess {args.config}", total=len(spec.training))
         summary = preprocess_dataset(spec, plans, args.config, args.output,

@@ -71,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
+    from medseg.core.plans import read_plans
+    from medseg.core.records import SPLITS_SCHEMA, read_record
     from medseg.training.loop import TrainSettings, train
 
-    plans = read_record(args.plans, PLANS_SCHEMA)
+    plans = read_plans(args.plans)
     splits = read_record(args.splits, SPLITS_SCHEMA)
     settings = TrainSettings(
         configuration=args.config, fold=args.fold, device=args.device, epochs=args.epochs,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, out
+from medseg.core.plans import Plans
 
 HELP = "predict and score the validation cases of a trained fold (cross-validation)"
 EPILOG = """\
@@ -57,7 +58,9 @@ def add_validation_options(p: argparse.ArgumentParser) -> None:
                    help="no mirroring test-time augmentation")  # fmt: skip
 
 
-def validate(args: argparse.Namespace, plans: dict, splits: dict, checkpoint: str = "final") -> int:
+def validate(
+    args: argparse.Namespace, plans: Plans, splits: dict, checkpoint: str = "final"
+) -> int:
     """Run the fold validation ``args`` describe and print its mean Dice."""
     from medseg.core.errors import CheckpointError
     from medseg.core.layout import Checkpoint, FoldDir
@@ -77,7 +80,8 @@ def validate(args: argparse.Namespace, plans: dict, splits: dict, checkpoint: st
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
+    from medseg.core.plans import read_plans
+    from medseg.core.records import SPLITS_SCHEMA, read_record
     from medseg.io.guard import refuse_overlap
 
     refuse_overlap([args.preprocessed, args.plans, args.splits, args.dataset], args.output)
@@ -85,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    plans = read_record(args.plans, PLANS_SCHEMA)
+    plans = read_plans(args.plans)
     splits = read_record(args.splits, SPLITS_SCHEMA)
     return validate(args, plans, splits, args.checkpoint)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from medseg import __version__
 from medseg.core.errors import ModelError
-from medseg.core.records import default_mirror_axes, resolve_configuration, stamp
+from medseg.core.plans import Configuration, Plans
+from medseg.core.records import stamp
 from medseg.inference.model_check import (
     MODEL_SCHEMA,
     build_checked_network,
@@ -39,7 +41,7 @@ class Member:
     """One configuration of a model, with its fold networks loaded."""
 
     configuration: str
-    config: dict
+    config: Configuration
     folds: list[int | str]
     networks: list = field(default_factory=list)
     mirror_axes: tuple[int, ...] = ()
@@ -48,24 +50,30 @@ class Member:
 
 @dataclass
 class ModelBundle:
-    """A loaded model: plans, labels, members with networks, postprocessing."""
+    """A loaded model: plans (labels, channels), members with networks, postprocessing."""
 
     root: Path
-    plans: dict
-    labels: list[tuple[int, str]]
-    channel_names: list[str]
+    plans: Plans
     members: list[Member]
     postprocessing: dict | None
     meta: dict
 
     @property
+    def labels(self) -> list[tuple[int, str]]:
+        return list(self.plans.labels.pairs)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.plans.channel_names)
+
+    @property
     def label_names(self) -> dict[int, str]:
-        return {v: n for v, n in self.labels}
+        return self.plans.labels.names
 
 
 def export_model(
     out: Path,
-    plans: dict,
+    plans: Plans | Mapping,
     members: list[dict],
     checkpoints: dict[str, dict],
     *,
@@ -79,11 +87,11 @@ def export_model(
     ``checkpoints[configuration][fold]``: the safetensors file to copy (weights and
     metadata only are kept: it is copied as is; training state is small beside them).
     """
-    out = Path(out)
+    out, plans = Path(out), Plans.of(plans)
     with atomic_dir(out, "medseg model folder", recognize="model.json") as tmp:
         needed = _needed(members)
         for configuration, folds in needed.items():
-            resolve_configuration(plans, configuration)
+            plans.configuration(configuration)
             for fold in folds:
                 src = Path(checkpoints[configuration][fold])
                 dst = weight_path(tmp, configuration, fold)
@@ -95,15 +103,15 @@ def export_model(
             "medseg_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": "medseg",
-            "dataset_name": plans.get("dataset_name"),
-            "labels": plans["labels"],
-            "channel_names": plans["channel_names"],
+            "dataset_name": plans.dataset_name,
+            "labels": plans.labels.to_list(),
+            "channel_names": list(plans.channel_names),
             "members": members,
             "postprocessing": postprocessing,
             "cross_validation": cross_validation,
         }, MODEL_SCHEMA)  # fmt: skip
         (tmp / "model.json").write_text(json.dumps(record, indent=1) + "\n")
-        (tmp / "plans.json").write_text(json.dumps(plans, indent=1) + "\n")
+        (tmp / "plans.json").write_text(plans.to_json())
     return out
 
 
@@ -119,24 +127,22 @@ def _needed(members: list[dict]) -> dict[str, list]:
     return needed
 
 
-def _load_member(root: Path, plans: dict, record: dict, folds, device) -> Member:
+def _load_member(root: Path, plans: Plans, record: dict, folds, device) -> Member:
     """One member of a checked model folder, with the networks of the folds in use."""
     configuration = record["configuration"]
-    config = resolve_configuration(plans, configuration)
+    config = plans.configuration(configuration)
     use = [f for f in record["folds"] if folds is None or f in folds]
     if not use:
         raise ModelError(f"{root}: none of the folds {folds} exist for {configuration} "
                          f"(available: {record['folds']})")  # fmt: skip
     previous = None
-    n_in = len(plans["channel_names"])
     if record.get("previous"):
         previous = _load_member(root, plans, record["previous"], folds, device)
-        n_in += len(plans["labels"]) - 1  # the previous stage's one-hot foreground
-    mirror = default_mirror_axes(config["patch_size"])
-    member = Member(configuration, config, use, mirror_axes=mirror, previous=previous)
+    n_in = config.input_channels(plans.n_channels, plans.labels)
+    member = Member(configuration, config, use, mirror_axes=config.mirror_axes, previous=previous)
     where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
     for fold in use:
-        network = build_checked_network(config["architecture"], n_in, len(plans["labels"]), where)
+        network = build_checked_network(config.architecture, n_in, plans.labels.n_classes, where)
         load_checked_weights(network, weight_path(root, configuration, fold))
         member.networks.append(network.to(device).eval())
     return member
@@ -164,5 +170,4 @@ def load_model(path: Path, device="cpu", folds: list | None = None) -> ModelBund
         )
     meta, plans = read_model_folder(root)
     members = [_load_member(root, plans, m, folds, device) for m in meta["members"]]
-    return ModelBundle(root, plans, [tuple(x) for x in meta["labels"]], list(meta["channel_names"]),
-                       members, meta.get("postprocessing"), meta)  # fmt: skip
+    return ModelBundle(root, plans, members, meta.get("postprocessing"), meta)

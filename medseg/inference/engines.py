@@ -140,7 +140,7 @@ def convert_bundle(bundle, cache: Path) -> dict[tuple[str, int], Path]:
     for part, i, network, channels in member_networks(bundle):
         key = (part.configuration, i)
         if key not in paths:
-            paths[key] = cached_ir(network, channels, part.config["patch_size"], cache)
+            paths[key] = cached_ir(network, channels, part.config.patch_size, cache)
             log.info("%s network %d: OpenVINO IR %s", part.configuration, i, paths[key])
     return paths
 

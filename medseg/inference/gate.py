@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from medseg.core.errors import InputRefusedError
-from medseg.core.records import resolve_configuration
+from medseg.core.plans import Plans
 from medseg.core.sanity import Finding, image_findings, refusals, warnings_of
 from medseg.core.volume import Volume
-from medseg.preprocessing.grid import processing_spacing, reorients
+from medseg.preprocessing.grid import processing_spacing
 from medseg.preprocessing.pipeline import target_spacing
 
 #: Spacing this many times coarser or finer than the training median gets a warning.
@@ -62,13 +62,12 @@ def modality_findings(modality: str | None, channel_names: Sequence[str]) -> lis
     return []
 
 
-def spacing_findings(image: Volume, plans: dict) -> list[Finding]:
+def spacing_findings(image: Volume, plans: Plans) -> list[Finding]:
     """Axes whose voxel size is far from the model's training median (warnings)."""
-    median = plans.get("original_median_spacing_after_transp")
+    median = plans.median_spacing
     if not median:
         return []
-    forward = plans.get("transpose_forward", [0, 1, 2])
-    reorient = reorients(plans)
+    forward, reorient = plans.transpose_forward, plans.reorients
     spacing = processing_spacing(image.affine, reorient)
     found = []
     spacing = [spacing[a] for a in forward]
@@ -88,7 +87,7 @@ class ModelFacts:
     """What the gate needs to know about a model: its plans, channels, classes and the
     configurations it runs (for the resampled size of a scan)."""
 
-    plans: dict
+    plans: Plans
     channel_names: tuple[str, ...]
     n_classes: int
     configurations: tuple[str, ...]
@@ -106,11 +105,11 @@ class ModelFacts:
 
 def resampled_voxels(image: Volume, facts: ModelFacts) -> int:
     """Voxels of ``image`` on the finest grid any of the model's configurations resamples to."""
-    spacing = processing_spacing(image.affine, reorients(facts.plans))
-    spacing = [spacing[a] for a in facts.plans.get("transpose_forward", [0, 1, 2])]
+    spacing = processing_spacing(image.affine, facts.plans.reorients)
+    spacing = [spacing[a] for a in facts.plans.transpose_forward]
     most = math.prod(image.spatial_shape)
     for name in facts.configurations:
-        target = target_spacing(resolve_configuration(facts.plans, name), tuple(spacing))
+        target = target_spacing(facts.plans.configuration(name), tuple(spacing))
         scale = math.prod(s / t for s, t in zip(spacing, target, strict=True))
         most = max(most, math.ceil(math.prod(image.spatial_shape) * scale))
     return most
@@ -128,9 +127,9 @@ def memory_findings(voxels: int, n_channels: int, n_classes: int, free: int) -> 
     ))]  # fmt: skip
 
 
-def _trained_on_slices(plans: dict) -> bool:
+def _trained_on_slices(plans: Plans) -> bool:
     """Whether the model was trained on single-slice images (then one slice is fine)."""
-    return 1 in plans.get("original_median_shape_after_transp", ())
+    return 1 in (plans.median_shape or ())
 
 
 def scan_findings(

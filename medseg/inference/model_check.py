@@ -21,7 +21,8 @@ from importlib import resources
 from pathlib import Path
 
 from medseg.core.errors import CheckpointError, MedsegError, ModelError, RecordError
-from medseg.core.records import PLANS_SCHEMA, check_schema, resolve_configuration
+from medseg.core.plans import Configuration, Plans
+from medseg.core.records import PLANS_SCHEMA, check_schema
 
 MODEL_SCHEMA = ("medseg.model", 1)
 SCHEMA_FILE = "model_folder.schema.json"
@@ -149,25 +150,35 @@ def weight_path(root: Path, configuration: str, fold: int | str) -> Path:
     return Path(root) / configuration / f"fold_{fold}.safetensors"
 
 
-def read_model_folder(root: Path) -> tuple[dict, dict]:
+def typed_plans(document: dict, plans_json: Path, fix: str) -> Plans:
+    """The plans of a schema-valid document; what the typed record refuses is a ModelError."""
+    try:
+        return Plans.from_dict(document, str(plans_json))
+    except RecordError as e:
+        raise ModelError(f"{e}; {fix}, or fix the field") from e
+
+
+def read_model_folder(root: Path) -> tuple[dict, Plans]:
     """``model.json`` and ``plans.json`` of a medseg model folder, checked: the schema,
     then every cross-check short of loading the weights."""
     root = Path(root)
     meta = _read_record(root / "model.json", MODEL_SCHEMA, "model")
-    plans = _read_record(root / "plans.json", PLANS_SCHEMA, "medseg_plans")
+    document = _read_record(root / "plans.json", PLANS_SCHEMA, "medseg_plans")
+    plans = typed_plans(document, root / "plans.json", MEDSEG_FIX)
     check_model(root, meta, plans)
     return meta, plans
 
 
-def check_model(root: Path, meta: dict, plans: dict) -> None:
+def check_model(root: Path, meta: dict, plans: Plans) -> None:
     """Cross-checks of a schema-valid model.json against its plans.json and weight files."""
     model_json, plans_json = root / "model.json", root / "plans.json"
     check_labels(meta["labels"], f"{model_json}: labels", MEDSEG_FIX)
-    for key in ("labels", "channel_names"):
-        if meta[key] != plans[key]:
+    in_plans = {"labels": plans.labels.to_list(), "channel_names": list(plans.channel_names)}
+    for key, theirs in in_plans.items():
+        if [list(x) if isinstance(x, (list, tuple)) else x for x in meta[key]] != theirs:
             raise ModelError(
                 f"{model_json}: {key} {_short(meta[key])} differ from {plans_json}: {key} "
-                f"{_short(plans[key])}; {MEDSEG_FIX}"
+                f"{_short(theirs)}; {MEDSEG_FIX}"
             )
     for i, member in enumerate(meta["members"]):
         for field, part in member_parts(member, f"members[{i}]"):
@@ -183,38 +194,42 @@ def check_model(root: Path, meta: dict, plans: dict) -> None:
     check_weight_files(root, meta["members"])
 
 
-def check_configuration(plans: dict, name: str, plans_json: Path, referrer: str, fix: str) -> dict:
+def check_configuration(
+    plans: Plans, name: str, plans_json: Path, referrer: str, fix: str
+) -> Configuration:
     """The configuration ``name`` of ``plans`` (inheritance resolved), checked against the
     schema and against the plans' channels; ``referrer`` names whoever asked for it."""
     try:
-        config = resolve_configuration(plans, name)
+        document = plans.resolve(name)
     except RecordError as e:
         raise ModelError(f"{referrer}: {e} (in {plans_json}); {fix}, or fix the field") from e
     field = ("configurations", name)
-    require_valid(config, "configuration", plans_json, fix, prefix=field)
+    require_valid(document, "configuration", plans_json, fix, prefix=field)
+    config = Configuration(name, document)
     problems = _normalization_problems(plans, config, json_path(field))
-    if len(config["spacing"]) != len(config["patch_size"]):
+    if len(config.spacing) != len(config.patch_size):
         problems.append(
-            f"{json_path(field)}.spacing: {len(config['spacing'])} values for a "
-            f"{len(config['patch_size'])}D patch_size"
+            f"{json_path(field)}.spacing: {len(config.spacing)} values for a "
+            f"{len(config.patch_size)}D patch_size"
         )
     if problems:
         raise ModelError(problem_message(plans_json, problems, f"{fix}, or fix the field"))
     return config
 
 
-def _normalization_problems(plans: dict, config: dict, field: str) -> list[str]:
+def _normalization_problems(plans: Plans, config: Configuration, field: str) -> list[str]:
     from medseg.preprocessing.normalize import SCHEMES
 
-    channels, problems = plans["channel_names"], []
-    for key in ("normalization_schemes", "use_mask_for_norm"):
-        if len(config[key]) != len(channels):
+    channels, problems = list(plans.channel_names), []
+    per_channel = {"normalization_schemes": config.normalization_schemes,
+                   "use_mask_for_norm": config.use_mask_for_norm}  # fmt: skip
+    for key, values in per_channel.items():
+        if len(values) != len(channels):
             problems.append(
-                f"{field}.{key}: {len(config[key])} entries for {len(channels)} "
-                f"channel(s) {channels}"
+                f"{field}.{key}: {len(values)} entries for {len(channels)} channel(s) {channels}"
             )
-    props = plans["foreground_intensity_properties_per_channel"]
-    for c, scheme in enumerate(config["normalization_schemes"]):
+    props = plans.intensity_properties
+    for c, scheme in enumerate(config.normalization_schemes):
         if scheme not in SCHEMES:
             problems.append(
                 f"{field}.normalization_schemes[{c}]: unknown scheme {scheme!r}; "
@@ -232,8 +247,8 @@ def _normalization_problems(plans: dict, config: dict, field: str) -> list[str]:
     return problems
 
 
-def _check_cascade(part: dict, config: dict, where: str, plans_json: Path) -> None:
-    stage = config.get("previous_stage")
+def _check_cascade(part: dict, config: Configuration, where: str, plans_json: Path) -> None:
+    stage = config.previous_stage
     previous = (part.get("previous") or {}).get("configuration")
     if stage == previous:
         return

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.core.errors import CheckpointError
-from medseg.core.records import default_mirror_axes
+from medseg.core.plans import Configuration, Plans
 from medseg.inference.bundle import Member, ModelBundle, ModelError
 from medseg.inference.model_check import (
     NNUNET_FIX,
@@ -22,6 +22,7 @@ from medseg.inference.model_check import (
     check_configuration,
     check_labels,
     read_nnunet_files,
+    typed_plans,
 )
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -63,8 +64,8 @@ def _network(plans: dict, config: dict, path: Path, device, where: str):
     if not isinstance(weights, dict):
         raise ModelError(f"{path}: no 'network_weights'; is this an nnU-Net v2 checkpoint?")
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
-    network = build_checked_network(config["architecture"], len(plans["channel_names"]),
-                                    len(plans["labels"]), where)  # fmt: skip
+    network = build_checked_network(config.architecture, plans.n_channels,
+                                    plans.labels.n_classes, where)  # fmt: skip
     try:
         network.load_state_dict(weights)
     except RuntimeError as e:  # torch lists each mismatch on its own line
@@ -77,13 +78,14 @@ def _network(plans: dict, config: dict, path: Path, device, where: str):
     return network.to(device).eval(), tuple(axes) if axes is not None else None
 
 
-def _checked_plans(root: Path) -> tuple[dict, str, dict]:
+def _checked_plans(root: Path) -> tuple[Plans, str, Configuration]:
     """The folder's plans (with labels and channels), its configuration's name and entry,
     checked: every problem is a ModelError naming plans.json or dataset.json and the field."""
-    plans, dataset = read_nnunet_files(root)
+    document, dataset = read_nnunet_files(root)
     dataset_json = root / "dataset.json"
-    plans = nnunet_plans(plans, dataset, str(dataset_json))
-    check_labels(plans["labels"], f"{dataset_json}: labels", NNUNET_FIX)
+    document = nnunet_plans(document, dataset, str(dataset_json))
+    check_labels(document["labels"], f"{dataset_json}: labels", NNUNET_FIX)
+    plans = typed_plans(document, root / "plans.json", NNUNET_FIX)
     configuration = root.name.split("__")[-1]
     referrer = f"{root}: the folder name's configuration"
     config = check_configuration(plans, configuration, root / "plans.json", referrer, NNUNET_FIX)
@@ -94,7 +96,7 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
     """A bundle for an nnU-Net v2 results folder (one configuration, its folds)."""
     root = Path(root)
     plans, configuration, config = _checked_plans(root)
-    if "previous_stage" in config:
+    if config.previous_stage:
         raise ModelError(f"{root}: nnU-Net cascade models are not supported yet")
     available = sorted(p.name.split("_", 1)[1] for p in root.glob("fold_*") if p.is_dir())
     use = [str(f) for f in folds] if folds else available
@@ -102,7 +104,7 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
     if not use or missing:
         raise ModelError(f"{root}: folds {missing or use} not found (available: {available})")
     member = Member(configuration, config, [int(f) if f.isdigit() else f for f in use],
-                    mirror_axes=default_mirror_axes(config["patch_size"]))  # fmt: skip
+                    mirror_axes=config.mirror_axes)  # fmt: skip
     where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
     for fold in use:
         path = _checkpoint(root / f"fold_{fold}")
@@ -111,5 +113,4 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
         if axes is not None:
             member.mirror_axes = axes
     meta = {"source": "nnunetv2", "folder": str(root), "configuration": configuration}
-    return ModelBundle(root, plans, [tuple(x) for x in plans["labels"]], plans["channel_names"],
-                       [member], None, meta)  # fmt: skip
+    return ModelBundle(root, plans, [member], None, meta)

@@ -69,7 +69,7 @@ def predict_member(
     blend = resolve_blend(options.blend, bundle)
     logits = None
     for network in member.networks:  # summed in the blend's precision, as nnU-Net does
-        out = predict_logits(network, data, member.config["patch_size"], step=options.step,
+        out = predict_logits(network, data, member.config.patch_size, step=options.step,
                              mirror_axes=mirror, tile_batch=options.tile_batch,
                              device=options.device, amp=options.amp, progress=progress,
                              blend=blend)  # fmt: skip

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg.core.parallel import parallel_map
-from medseg.core.records import resolve_configuration
+from medseg.core.plans import Plans
 from medseg.dataset.check import read_case
 from medseg.dataset.layout import Case, DatasetSpec
 from medseg.io.atomic import atomic_dir, write_text_atomic
@@ -25,7 +25,7 @@ class _Job:
     spec: DatasetSpec
     case: Case
     index: int
-    plans: dict
+    plans: Plans
     configuration: str
     folder: Path
     seed: int
@@ -36,17 +36,17 @@ def _run(job: _Job) -> str:
     data, seg, record = preprocess_case(image, label, job.plans, job.configuration,
                                         job.case.case_id)  # fmt: skip
     # foreground locations for oversampling belong to the training store, not preprocessing
-    classes = [v for v, _ in job.plans["labels"] if v != 0]
+    classes = job.plans.labels.foreground
     rng = np.random.default_rng([job.seed, job.index])
     locations = sample_class_locations(seg, classes, rng) if label is not None else {}
-    patch = resolve_configuration(job.plans, job.configuration)["patch_size"]
+    patch = job.plans.configuration(job.configuration).patch_size
     write_case(job.folder, job.case.case_id, data, seg, record, locations, patch)
     return job.case.case_id
 
 
 def preprocess_dataset(
     spec: DatasetSpec,
-    plans: dict,
+    plans: Plans | Mapping,
     configuration: str,
     out: Path,
     *,
@@ -60,7 +60,8 @@ def preprocess_dataset(
     the end, so an interrupted or failed run never leaves a partial ``out``.
     Returns the summary also written to ``out/preprocess.json``.
     """
-    resolve_configuration(plans, configuration)  # fail early on an unknown name
+    plans = Plans.of(plans)
+    plans.configuration(configuration)  # fail early on an unknown name
     start = time.perf_counter()
     with atomic_dir(out, "preprocessed folder", recognize="preprocess.json") as tmp:
         jobs = [
@@ -71,12 +72,12 @@ def preprocess_dataset(
                 on_case_done(case_id)
         summary = {
             "configuration": configuration,
-            "plans_name": plans.get("plans_name"),
+            "plans_name": plans.plans_name,
             "dataset": str(spec.root),
             "cases": [c.case_id for c in spec.training],
             "seed": seed,
             "seconds": round(time.perf_counter() - start, 2),
         }
         write_text_atomic(tmp / "preprocess.json", json.dumps(summary, indent=1) + "\n")
-        write_text_atomic(tmp / "plans.json", json.dumps(plans, indent=1) + "\n")
+        write_text_atomic(tmp / "plans.json", plans.to_json())
     return summary

@@ -20,14 +20,6 @@ from medseg.geometry.orientation import (
     to_canonical,
 )
 
-#: Plans readers that reorient to RAS (medseg's own plans say NibabelIOWithReorient).
-REORIENTING_READERS = ("NibabelIOWithReorient",)
-
-
-def reorients(plans: dict) -> bool:
-    """Whether the plans' image reader put volumes in canonical RAS orientation."""
-    return plans.get("image_reader_writer", REORIENTING_READERS[0]) in REORIENTING_READERS
-
 
 def reverse_spatial(array: np.ndarray) -> np.ndarray:
     """Reverse the order of the last three axes (a view)."""

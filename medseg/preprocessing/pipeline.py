@@ -21,16 +21,17 @@ Record (``medseg.case``, version 2)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from medseg.core.errors import RecordError
-from medseg.core.records import CASE_SCHEMA, resolve_configuration
+from medseg.core.plans import Configuration, Plans
+from medseg.core.records import CASE_SCHEMA
 from medseg.core.volume import Kind, Volume
 from medseg.geometry.orientation import OrientationRecord
 from medseg.preprocessing.crop import crop_to_nonzero, uncrop
-from medseg.preprocessing.grid import from_processing, reorients, to_processing
+from medseg.preprocessing.grid import from_processing, to_processing
 from medseg.preprocessing.normalize import normalize
 from medseg.preprocessing.resample import (
     compute_new_shape,
@@ -40,16 +41,16 @@ from medseg.preprocessing.resample import (
 )
 
 
-def target_spacing(config: dict, spacing: tuple[float, ...]) -> list[float]:
+def target_spacing(config: Configuration, spacing: tuple[float, ...]) -> list[float]:
     """The configuration's spacing; a 2D configuration keeps the first (slice) axis as is."""
-    target = [float(s) for s in config["spacing"]]
+    target = list(config.spacing)
     return [float(spacing[0])] + target if len(target) < len(spacing) else target
 
 
 def preprocess_case(
     image: Volume,
     label: Volume | None,
-    plans: dict,
+    plans: Plans | Mapping,
     configuration: str,
     case_id: str = "",
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -58,12 +59,13 @@ def preprocess_case(
     Returns ``data`` (C, ...) float32, ``seg`` (...) int8/int16 with -1 outside the
     non-zero region (all 0 and -1 without a label), and the JSON-ready record.
     """
-    config = resolve_configuration(plans, configuration)
+    plans = Plans.of(plans)
+    config = plans.configuration(configuration)
     steps = []
-    data, spacing, orientation = to_processing(image, reorients(plans))
-    seg = to_processing(label, reorients(plans))[0] if label is not None else None
+    data, spacing, orientation = to_processing(image, plans.reorients)
+    seg = to_processing(label, plans.reorients)[0] if label is not None else None
     steps.append({"step": "processing_grid", "orientation": orientation.to_dict()})
-    forward = [int(a) for a in plans["transpose_forward"]]
+    forward = list(plans.transpose_forward)
     data = np.transpose(data, [0] + [a + 1 for a in forward])
     seg = np.transpose(seg, forward) if seg is not None else None
     spacing = tuple(spacing[a] for a in forward)
@@ -71,9 +73,9 @@ def preprocess_case(
     shape_before = [int(s) for s in data.shape[1:]]
     data, seg, box = crop_to_nonzero(data, seg)
     steps.append({"step": "crop", "box": [list(b) for b in box], "shape_before": shape_before})
-    data = normalize(data, config["normalization_schemes"], config["use_mask_for_norm"],
-                     plans["foreground_intensity_properties_per_channel"], seg)  # fmt: skip
-    steps.append({"step": "normalize", "schemes": list(config["normalization_schemes"])})
+    data = normalize(data, config.normalization_schemes, config.use_mask_for_norm,
+                     plans.intensity_properties, seg)  # fmt: skip
+    steps.append({"step": "normalize", "schemes": list(config.normalization_schemes)})
     cropped = tuple(int(s) for s in data.shape[1:])
     target = target_spacing(config, spacing)
     new_shape = [int(s) for s in compute_new_shape(cropped, spacing, target)]
@@ -82,7 +84,7 @@ def preprocess_case(
     seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8)
     steps.append({"step": "resample", "spacing_before": list(spacing), "spacing_after": target,
                   "shape_before": list(cropped), "shape_after": new_shape})  # fmt: skip
-    classes = [v for v, _ in plans["labels"] if v != 0]
+    classes = plans.labels.foreground
     record = {
         "schema": CASE_SCHEMA[0],
         "schema_version": CASE_SCHEMA[1],

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import torch
 
 from medseg.core.errors import TrainingError
 from medseg.core.layout import Checkpoint
-from medseg.core.records import resolve_configuration
+from medseg.core.plans import Configuration, Plans
 from medseg.io.preprocessed import case_ids
 from medseg.nets.checkpoint import (
     load_checkpoint,
@@ -77,7 +77,7 @@ def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> f
 @dataclass
 class _Run:
     settings: TrainSettings
-    config: dict
+    config: Configuration
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loss: torch.nn.Module
@@ -164,19 +164,20 @@ def _amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]
     return torch.float16, True
 
 
-def _build_run(plans: dict, splits: dict, folder: Path, s: TrainSettings) -> _Run:
-    config = resolve_configuration(plans, s.configuration)
+def _build_run(plans: Plans, splits: dict, folder: Path, s: TrainSettings) -> _Run:
+    config = plans.configuration(s.configuration)
     train_ids, val_ids = fold_cases(splits, s.fold, case_ids(folder))
-    n_channels, n_classes = len(plans["channel_names"]), len(plans["labels"])
+    n_classes = plans.labels.n_classes
     device = resolve_device(s.device)
-    model = build_model(config, n_channels, n_classes, s.seed).to(device)
+    n_in = config.input_channels(plans.n_channels, plans.labels)
+    model = build_model(config, n_in, n_classes, s.seed).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=s.initial_lr, momentum=s.momentum,
                                 nesterov=True, weight_decay=s.weight_decay)  # fmt: skip
     loss, weights = build_loss(config)
     amp_dtype, use_scaler = _amp(device, s.amp)
-    masked = tuple(i for i, m in enumerate(config["use_mask_for_norm"]) if m)
-    patch = tuple(int(p) for p in config["patch_size"])
-    common = dict(folder=folder, patch=patch, batch_size=int(config["batch_size"]), seed=s.seed)
+    masked = tuple(i for i, m in enumerate(config.use_mask_for_norm) if m)
+    patch = config.patch_size
+    common = dict(folder=folder, patch=patch, batch_size=config.batch_size, seed=s.seed)
     return _Run(
         settings=s, config=config, model=model, optimizer=optimizer, loss=loss,
         n_weighted=sum(1 for w in weights if w > 0), device=device,
@@ -197,7 +198,7 @@ def _state(run: _Run, epoch: int, history: list[dict], best: float | None) -> di
         "history": history,
         "best_ema_pseudo_dice": best,
         "settings": {**asdict(run.settings)},
-        "configuration": run.config,
+        "configuration": dict(run.config.raw),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
     }
 
@@ -206,7 +207,7 @@ def _resume(run: _Run, out: Path) -> tuple[int, list[dict], float | None]:
     tensors, document = load_checkpoint(out / f"{LATEST}.safetensors")
     state = document["state"]
     cases = {"train": list(run.train_spec.case_ids), "val": list(run.val_spec.case_ids)}
-    if state.get("configuration") != run.config or state.get("cases") != cases:
+    if state.get("configuration") != dict(run.config.raw) or state.get("cases") != cases:
         raise _Stale()
     saved = {k: v for k, v in state["settings"].items() if k not in ("epochs", "workers", "device")}
     now = {
@@ -246,7 +247,7 @@ def _finish_epoch(run: _Run, out: Path, epoch: int, history: list[dict], best):
 
 
 def train(
-    plans: dict,
+    plans: Plans | Mapping,
     splits: dict,
     preprocessed: Path,
     out: Path,
@@ -264,7 +265,7 @@ def train(
     (or starts, if there is none; or starts over, if the checkpoint was made with
     other plans or another split, which is then kept as ``.stale``).
     """
-    run = _build_run(plans, splits, Path(preprocessed), settings)
+    run = _build_run(Plans.of(plans), splits, Path(preprocessed), settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     latest = out / f"{LATEST}.safetensors"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medseg.core.plans import Configuration
 from medseg.nets.unet import build_network
 
 #: nnU-Net's He initialisation slope for LeakyReLU(0.01).
@@ -22,9 +23,12 @@ def init_he(network: torch.nn.Module, generator: torch.Generator) -> None:
                 torch.nn.init.zeros_(module.bias)
 
 
-def build_model(config: dict, n_channels: int, n_classes: int, seed: int) -> torch.nn.Module:
-    """The configuration's U-Net with deep supervision, initialised from ``seed``."""
-    network = build_network(config["architecture"], n_channels, n_classes, deep_supervision=True)
+def build_model(
+    config: Configuration, n_channels: int, n_classes: int, seed: int
+) -> torch.nn.Module:
+    """The configuration's U-Net with deep supervision, initialised from ``seed``;
+    ``n_channels`` are its input channels (:meth:`Configuration.input_channels`)."""
+    network = build_network(config.architecture, n_channels, n_classes, deep_supervision=True)
     init_he(network, torch.Generator().manual_seed(int(seed)))
     return network
 
@@ -34,17 +38,17 @@ def set_deep_supervision(network: torch.nn.Module, enabled: bool) -> None:
     network.decoder.deep_supervision = enabled
 
 
-def deep_supervision_weights(config: dict) -> list[float]:
+def deep_supervision_weights(config: Configuration) -> list[float]:
     """nnU-Net's weights 1, 1/2, 1/4, ... for the decoder outputs, the coarsest set to
     0, normalised to sum to 1 (one weight per output, highest resolution first)."""
-    n_outputs = len(config["architecture"]["arch_kwargs"]["strides"]) - 1
+    n_outputs = config.n_stages - 1
     weights = np.array([1 / 2**i for i in range(n_outputs)])
     if n_outputs > 1:
         weights[-1] = 0
     return list(weights / weights.sum())
 
 
-def build_loss(config: dict):
+def build_loss(config: Configuration):
     """Dice + cross-entropy (MONAI) on every deep-supervision output, nnU-Net's weights.
 
     Dice excludes background and is computed over the whole batch when the plans
@@ -56,7 +60,7 @@ def build_loss(config: dict):
         include_background=False,
         to_onehot_y=True,
         softmax=True,
-        batch=bool(config.get("batch_dice", False)),
+        batch=config.batch_dice,
         smooth_nr=1e-5,
         smooth_dr=1e-5,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from medseg.core.layout import Checkpoint, FoldDir
-from medseg.core.records import default_mirror_axes
+from medseg.core.plans import Configuration, Plans
 from medseg.core.volume import Volume
 from medseg.dataset.layout import load_dataset
 from medseg.evaluation.metrics import dice_per_label
@@ -61,7 +62,7 @@ def _reference(case_id: str, dataset, preprocessed: Path, record: dict) -> Volum
 
 def validate_fold(
     model_dir: Path,
-    plans: dict,
+    plans: Plans | Mapping,
     splits: dict,
     preprocessed: Path,
     settings: ValidationSettings,
@@ -75,18 +76,18 @@ def validate_fold(
     (Dice per class, against ``dataset``'s labels when given, else the
     preprocessed labels mapped back).
     """
-    fold_dir, preprocessed = FoldDir(Path(model_dir)), Path(preprocessed)
+    fold_dir, preprocessed, plans = FoldDir(Path(model_dir)), Path(preprocessed), Plans.of(plans)
     tensors, document = load_checkpoint(fold_dir.checkpoint(settings.checkpoint))
-    config = document["state"]["configuration"]
-    labels = [v for v, _ in plans["labels"] if v != 0]
-    names = {v: n for v, n in plans["labels"]}
-    network = build_network(config["architecture"], len(plans["channel_names"]),
-                            len(plans["labels"]))  # fmt: skip
+    state = document["state"]  # the configuration as trained, not as the plans say now
+    config = Configuration(state["settings"]["configuration"], state["configuration"])
+    labels, names = plans.labels.foreground, plans.labels.names
+    n_in = config.input_channels(plans.n_channels, plans.labels)
+    network = build_network(config.architecture, n_in, plans.labels.n_classes)
     load_weights(network, model_weights(tensors))
     device = resolve_device(settings.device)
     network.to(device).eval()
-    patch = tuple(config["patch_size"])
-    mirror = default_mirror_axes(patch) if settings.mirroring else ()
+    patch = config.patch_size
+    mirror = config.mirror_axes if settings.mirroring else ()
     spec = load_dataset(dataset) if dataset is not None else None
     _, val_ids = fold_cases(splits, settings.fold, case_ids(preprocessed))
     per_case = {}
