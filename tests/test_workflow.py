@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,60 @@ def test_whole_workflow_on_a_tiny_config(demo_dataset, tmp_path):
     assert "cross-validation Dice" in result.stdout and "(chosen)" in result.stdout
 
 
+def _dry_run_jobs(workdir: Path, config: Path) -> set[str]:
+    """The rules ``snakemake -n`` would run now."""
+    result = snakemake(workdir, "-n", "--configfile", str(config))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    return {rule for rule in ("predict_test", "evaluate_test", "qc") if f"rule {rule}:" in text}
+
+
+@pytest.mark.slow
+def test_workflow_on_a_two_channel_nnunet_dataset(demo_module, tmp_path):
+    """nnU-Net v2 raw layout, 2 channels, imagesTs/CASE_000X.nii.gz and labelsTs/CASE.nii.gz:
+    one prediction per test case, named and placed like its reference, every case scored;
+    and the test folders are inputs (a change reruns the test stage)."""
+    data = demo_module.write_dataset(tmp_path / "Dataset", 4, 2, seed=1, layout="nnunet",
+                                     channels=2)  # fmt: skip
+    config = {**TINY, "dataset": str(data), "output": "out",
+              "training": {**TINY["training"], "epochs": 1, "iterations": 4},
+              "test": {"images": str(data / "imagesTs"), "labels": str(data / "labelsTs"),
+                       "formats": ["nifti"], "mirroring": False}}  # fmt: skip
+    path = tmp_path / "nnunet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out, cases = tmp_path / "out", ["demo_100", "demo_101"]
+    lines = [json.loads(x) for x in (out / "predictions/manifest.jsonl").read_text().splitlines()]
+    assert sorted(x["case_id"] for x in lines) == cases
+    for x in lines:
+        channels = [data / "imagesTs" / f"{x['case_id']}_{c:04d}.nii.gz" for c in (0, 1)]
+        assert x["status"] == "ok" and x["inputs"] == [str(p.resolve()) for p in channels]
+        pred, src = nib.load(out / "predictions" / f"{x['case_id']}.nii.gz"), nib.load(channels[0])
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+    assert sorted(p.name for p in (out / "predictions").glob("*.nii.gz")) == [
+        f"{c}.nii.gz" for c in cases
+    ]
+    test = json.loads((out / "predictions" / "summary.json").read_text())
+    assert test["n_cases"] == 2 and test["n_missing"] == 0
+    assert sorted(c["case"] for c in test["cases"]) == cases
+    assert "2 of 2 folds" in result.stdout
+    assert _dry_run_jobs(tmp_path, path) == set()
+    # the test folders are inputs: a new case, or a label rewritten, reruns what depends on them
+    for c in (0, 1):
+        shutil.copy(data / "imagesTs" / f"demo_101_{c:04d}.nii.gz",
+                    data / "imagesTs" / f"demo_102_{c:04d}.nii.gz")  # fmt: skip
+    assert _dry_run_jobs(tmp_path, path) == {"predict_test", "evaluate_test", "qc"}
+    for c in (0, 1):
+        (data / "imagesTs" / f"demo_102_{c:04d}.nii.gz").unlink()
+    os.utime(data / "imagesTs", (time.time() - 3600,) * 2)  # as before the copy
+    assert _dry_run_jobs(tmp_path, path) == set()
+    label = data / "labelsTs" / "demo_100.nii.gz"
+    img = nib.load(label)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), label)
+    assert _dry_run_jobs(tmp_path, path) == {"evaluate_test", "qc"}
+
+
 def _digest(out: Path) -> dict[str, str]:
     """What must be identical between an interrupted-and-rerun and an uninterrupted run."""
     digests = {}
@@ -129,6 +184,44 @@ def test_sigkill_and_rerun_gives_the_same_outputs(demo_dataset, tmp_path):
     rerun = snakemake(tmp_path, *local, "--configfile", str(config))  # the same command
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert _digest(tmp_path / "b") == _digest(tmp_path / "a")
+
+
+def test_summary_says_which_planned_configurations_were_trained(tmp_path):
+    from medseg.cli.summary import trained_status
+
+    config = {"spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8], "batch_size": 2,
+              "architecture": {"arch_kwargs": {"n_stages": 3}},
+              "normalization_schemes": ["CTNormalization"]}  # fmt: skip
+    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    configurations = {"3d_fullres": config, "2d": config, "3d_lowres": config,
+                      "3d_cascade_fullres": cascade}  # fmt: skip
+    plans = {"dataset_name": "X", "configurations": configurations}
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    (tmp_path / "splits.json").write_text(json.dumps({"folds": [{"val": []}, {"val": []}]}))
+    for name, folds in (("3d_fullres", (0, 1, 7)), ("3d_lowres", (1,))):
+        for fold in folds:
+            folder = tmp_path / "models" / name / f"fold_{fold}"
+            folder.mkdir(parents=True)
+            (folder / "checkpoint_final.safetensors").write_bytes(b"")
+    (tmp_path / "models" / "2d" / "fold_0").mkdir(parents=True)  # started, nothing finished
+    assert trained_status(tmp_path, plans) == {
+        "3d_fullres": "2 of 2 folds",  # fold_7 is not one of this split's folds
+        "2d": "0 of 2 folds",
+        "3d_lowres": "1 of 2 folds",
+        "3d_cascade_fullres": "not trained (medseg does not train a cascade's second stage yet)",
+    }
+    (tmp_path / "models" / "2d" / "fold_0").rmdir()
+    (tmp_path / "models" / "2d").rmdir()
+    assert trained_status(tmp_path, plans)["2d"] == "not trained"
+    result = subprocess.run([sys.executable, "-m", "medseg.cli.main", "summary", str(tmp_path)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines()
+             if line.count("│") == 8]  # fmt: skip
+    rows = {row[0]: row[-1] for row in cells if row[0]}  # first line of each table row
+    assert rows == {"3d_fullres": "2 of 2 folds", "2d": "not trained", "3d_lowres": "1 of 2 folds",
+                    "3d_cascade_fullres": rows["3d_cascade_fullres"]}  # fmt: skip
+    assert rows["3d_cascade_fullres"].startswith("not trained")
 
 
 def test_workflow_lint_is_clean(tmp_path):

@@ -84,19 +84,23 @@ def add_parser(sub) -> None:
     p.add_argument("--plans-name", default="medsegPlans")
 
 
-def plans_table(plans: dict) -> Table:
+def plans_table(plans: dict, trained: dict[str, str] | None = None) -> Table:
+    """The plans' configurations, one row each; with ``trained`` (configuration -> what
+    was trained of it, e.g. ``"2 of 2 folds"``) also a column "trained"."""
     table = Table(title=f"plans for {plans['dataset_name']}")
-    for col in ("configuration", "spacing (mm)", "patch", "batch", "stages", "normalization"):
+    columns = ("configuration", "spacing (mm)", "patch", "batch", "stages", "normalization")
+    for col in columns + (("trained",) if trained is not None else ()):
         table.add_column(col)
     for name, c in plans["configurations"].items():
+        extra = (trained.get(name, "not trained"),) if trained is not None else ()
         if "patch_size" not in c:
             table.add_row(name, f"= {c.get('inherits_from')} after {c.get('previous_stage')}",
-                          "", "", "", "")  # fmt: skip
+                          "", "", "", "", *extra)  # fmt: skip
             continue
         table.add_row(name, " x ".join(f"{s:.3g}" for s in c["spacing"]),
                       " x ".join(map(str, c["patch_size"])), str(c["batch_size"]),
                       str(c["architecture"]["arch_kwargs"]["n_stages"]),
-                      ", ".join(c["normalization_schemes"]))  # fmt: skip
+                      ", ".join(c["normalization_schemes"]), *extra)  # fmt: skip
     return table
 
 

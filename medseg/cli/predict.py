@@ -14,10 +14,22 @@ INPUT may be volume files (.nii.gz, .nii, .nrrd, .mha), DICOM series folders, or
 folders of many studies: every DICOM series found below them is one case. Each
 label map has the input's own geometry (same shape and affine; for DICOM, the
 series' geometry); DICOM inputs also get a DICOM-SEG referencing the series.
+
 Outputs are written atomically, and never over an input: an OUTDIR inside an
 input folder, or an output that would replace an input file, is refused before
 anything is done (exit 2); an existing file in OUTDIR that medseg did not write
 is never overwritten (that case fails).
+
+Channel files (nnU-Net v2 layout, as nnUNetv2_predict reads a folder): files named
+<id>_<4 digits>.<suffix> in one folder (or among the files named) that share <id>
+and have exactly the numbers 0000 .. N-1 (N: the model's channels) are one case
+<id>, stacked in channel order; its outputs are <id>.nii.gz ... with channel 0's
+geometry (BRATS_001_0000.nii.gz + BRATS_001_0001.nii.gz -> BRATS_001.nii.gz; for a
+1-channel model CASE_0000.nii.gz -> CASE.nii.gz). A group with numbers all below N
+but one missing is a failed case naming the missing file; a group with a number N
+or above is not channel files: each file is a case named by its whole name. Any
+other file (e.g. a 4D NIfTI holding every channel, MSD style) is one case. Each
+channel file must hold one channel on channel 0's voxel grid, or the case fails.
 
 Every scan passes a sanity gate first. Refused, with the reason: NaN/Inf voxels,
 no intensity variation (blank), a 2D image or single slice, the wrong number of
@@ -127,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     refuse_unsafe_output_folder(args.input, args.output)  # before anything is read
-    cases, unusable = discover_inputs(args.input)
-    refuse_unsafe_outputs(cases, args.output, args.formats)
     if args.threads:
         import torch
 
@@ -138,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
     from medseg.nets.device import resolve_device
 
     device = resolve_device(args.device)
+    # The model (checked whole) comes before the inputs: its channel count decides how
+    # channel files group into cases, hence the case ids and the output names checked next.
     bundle = load_model(args.model, device, args.folds)
+    cases, unusable = discover_inputs(args.input, len(bundle.channel_names))
+    refuse_unsafe_outputs(cases, args.output, args.formats)  # before any input is read
     engine = resolve_engine(args.engine, device)
     return _predict(args, bundle, device, engine, (cases, unusable))
 

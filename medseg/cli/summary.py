@@ -14,9 +14,11 @@ HELP = "summarise a workflow results folder (data, plans, cross-validation, mode
 EPILOG = """\
 Reads the files the workflow wrote (dataset_check.json, fingerprint.json,
 plans.json, splits.json, preprocessed/*, models/*, cv/selection.json, model/,
-predictions/) and prints what they say: the stages, the plans, the
-cross-validation Dice per class of every configuration and ensemble, the chosen
-model, and the test-set scores. The Snakemake workflow prints this at the end.
+predictions/) and prints what they say: the stages, the plans (with how many
+folds of each configuration have a final checkpoint: a configuration planned but
+not trained says so), the cross-validation Dice per class of every configuration
+and ensemble, the chosen model, and the test-set scores. The Snakemake workflow
+prints this at the end.
 
 Examples:
   medseg summary results/demo
@@ -64,6 +66,27 @@ def _stages(results: Path) -> Table:
             table.add_row(f"trained {metrics.parent.parent.parent.name} "
                           f"{metrics.parent.parent.name}", f"validation Dice {dice}")  # fmt: skip
     return table
+
+
+def trained_status(results: Path, plans: dict) -> dict[str, str]:
+    """What the results folder holds of each planned configuration: how many of the
+    split's folds have a final checkpoint (``models/<config>/fold_<k>/checkpoint_final
+    .safetensors``), or why none has."""
+    splits = _read(results / "splits.json")
+    n_folds = len(splits["folds"]) if splits and isinstance(splits.get("folds"), list) else None
+    status = {}
+    for name, config in plans["configurations"].items():
+        folder = results / "models" / name
+        done = {p.parent.name for p in folder.glob("fold_*/checkpoint_final.safetensors")}
+        if n_folds is not None:
+            done &= {f"fold_{k}" for k in range(n_folds)}
+        if done or folder.is_dir():  # a fold started but none finished reads "0 of K folds"
+            status[name] = f"{len(done)} of {n_folds} folds" if n_folds else f"{len(done)} fold(s)"
+        elif "previous_stage" in config:
+            status[name] = "not trained (medseg does not train a cascade's second stage yet)"
+        else:
+            status[name] = "not trained"
+    return status
 
 
 def _cv_table(selection: dict, plans: dict) -> Table:
@@ -115,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     out.print(_stages(args.results))
     plans = _read(args.results / "plans.json")
     if plans:
-        out.print(plans_table(plans))
+        out.print(plans_table(plans, trained_status(args.results, plans)))
     selection = _read(args.results / "cv" / "selection.json")
     if selection and plans:
         out.print(_cv_table(selection, plans))

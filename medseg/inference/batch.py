@@ -1,14 +1,18 @@
 """Batch prediction for hospital folders: many inputs, a manifest, no stop on a bad case.
 
-Inputs are volume files (NIfTI, NRRD, MHA), DICOM series folders, or folders
-holding many studies (every DICOM series found recursively is a case). Each case
-is read, passed through the sanity gate (:mod:`medseg.inference.gate`), predicted
-and written atomically; a case that fails (unreadable, refused by the gate, too
-large for memory) is recorded in the manifest and the batch goes on.
-``OUTDIR/manifest.jsonl`` gets one line per case and run: input, outputs
-(absolute paths), status, error, findings (the gate's refusals and warnings),
-seconds per stage. An existing file in OUTDIR that medseg did not write is never
-overwritten: that case fails instead.
+Inputs are volume files (NIfTI, NRRD, MHA), the channel files of a case in the
+nnU-Net layout (:mod:`medseg.inference.inputs`; read and stacked in channel order,
+each on channel 0's voxel grid), DICOM series folders, or folders holding many
+studies (every DICOM series found recursively is a case). Each case is read,
+passed through the sanity gate (:mod:`medseg.inference.gate`), predicted and
+written atomically; a case that fails (unreadable, a channel file missing or on
+another grid, refused by the gate, too large for memory) is recorded in the
+manifest and the batch goes on. ``OUTDIR/manifest.jsonl`` gets one line per case
+and run: input (the volume file, channel 0's file, or the DICOM folder), inputs
+(every file of the case, in channel order), outputs (absolute paths), status,
+error, findings (the gate's refusals and warnings), seconds per stage. An
+existing file in OUTDIR that medseg did not write is never overwritten: that case
+fails instead.
 """
 
 from __future__ import annotations
@@ -56,37 +60,108 @@ class BatchResult:
 
 
 def owned_outputs(out: Path) -> frozenset[str]:
-    """Files in ``out`` that medseg predict wrote or claimed (claims ledger and manifest)."""
-    owned = set()
-    if (out / CLAIMS).is_file():
-        owned.update(line for line in (out / CLAIMS).read_text("utf-8").splitlines() if line)
+    """Files in ``out`` that medseg predict wrote or is writing: claimed in the ledger and
+    not released (a failed case releases its paths), or outputs of finished cases in the
+    manifest (folders written before the ledger existed)."""
+    owned: set[str] = set()
     if (out / MANIFEST).is_file():
         for line in (out / MANIFEST).read_text("utf-8").splitlines():
             try:
-                owned.update(json.loads(line).get("outputs", {}).values())
-            except (ValueError, AttributeError):
+                record = json.loads(line)
+            except ValueError:
                 continue  # a line cut short by a killed run
+            if isinstance(record, dict) and record.get("status") in ("ok", "skipped"):
+                owned.update(record.get("outputs", {}).values())
+    if (out / CLAIMS).is_file():
+        for line in (out / CLAIMS).read_text("utf-8").splitlines():
+            if line.startswith("-"):
+                owned.discard(line[1:])
+            elif line:
+                owned.add(line.removeprefix("+"))
     return frozenset(owned)
 
 
-def _claim(out: Path, paths: dict[str, Path]) -> None:
-    """Record ``paths`` as medseg's before writing them (one durable line each)."""
+def _ledger(out: Path, paths: dict[str, Path], sign: str) -> None:
+    """Claim (``+``) or release (``-``) ``paths`` in the ledger, one durable line each."""
     with open(out / CLAIMS, "a", encoding="utf-8") as ledger:
-        ledger.write("".join(f"{p.resolve()}\n" for p in paths.values()))
+        ledger.write("".join(f"{sign}{p.resolve()}\n" for p in paths.values()))
         ledger.flush()
         os.fsync(ledger.fileno())
 
 
+def _read_channels(case: CaseInput):
+    """The channel files of ``case`` stacked in channel order, and their header findings.
+
+    Every file must hold one channel on channel 0's voxel grid (shape, spacing,
+    direction, origin); the stack has channel 0's affine, so the outputs get its geometry.
+    """
+    import numpy as np
+
+    from medseg.core.errors import InputRefusedError
+    from medseg.core.volume import Kind, Volume
+    from medseg.geometry.affine import grid_mismatch
+    from medseg.io.volumes import header_findings, read_volume
+
+    first, volumes, header = case.channel_files[0], [], []
+    for path in case.channel_files:
+        volume = read_volume(path)
+        header += header_findings(path)
+        if volume.n_channels != 1:
+            raise InputRefusedError(
+                f"{path}: holds {volume.n_channels} channels, but a channel file (named "
+                "<case>_<4 digits>) holds one. Split it into one file per channel, or name it "
+                "without the channel number if it is the whole case"
+            )
+        if volumes:
+            ref = volumes[0]
+            diff = (
+                f"shape {ref.spatial_shape} vs {volume.spatial_shape}"
+                if volume.spatial_shape != ref.spatial_shape
+                else grid_mismatch(ref.affine, volume.affine, ref.spatial_shape)
+            )
+            if diff:
+                raise InputRefusedError(
+                    f"{path}: voxel grid differs from channel 0's ({first.name} vs this file: "
+                    f"{diff}); every channel file of a case must share one grid. Resample it "
+                    "onto channel 0's grid (or re-export the case)"
+                )
+        volumes.append(volume)
+    array = np.concatenate([v.array for v in volumes])
+    return Volume(array, volumes[0].affine, Kind.IMAGE), header
+
+
 def _read_scan(case: CaseInput):
-    """The case's image, its DICOM series (or None) and its file's header findings."""
+    """The case's image, its DICOM series (or None) and its files' header findings."""
     if case.is_dicom:
         from medseg.io.dicom_series import read_dicom_series
 
         image, series = read_dicom_series(case.path, case.series_uid)
         return image, series, []
+    if len(case.channel_files) > 1:
+        image, header = _read_channels(case)
+        return image, None, header
     from medseg.io.volumes import header_findings, read_volume
 
     return read_volume(case.path), None, header_findings(case.path)
+
+
+def _named(findings: list, case: CaseInput) -> list:
+    """For a case of several channel files: each finding's message begins with the file it
+    is about (``channel 1 holds NaN ...`` -> ``.../X_0001.nii.gz (channel 1) holds ...``),
+    the others with channel 0's file (the grid every channel shares)."""
+    from medseg.core.sanity import Finding
+
+    files = [str(p) for p in case.channel_files]
+    named = []
+    for f in findings:
+        message = f.message
+        for c, path in enumerate(files):
+            if message.startswith(f"channel {c} "):
+                message = f"{path} (channel {c}) {message[len(f'channel {c} ') :]}"
+        if not any(message.startswith(path) for path in files):
+            message = f"{files[0]}: {message}"
+        named.append(Finding(f.code, message, f.refuse))
+    return named
 
 
 def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, progress):
@@ -98,8 +173,11 @@ def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, pr
     image, series, header = _read_scan(case)
     modality = series.modality if series else None
     findings = scan_findings(image, ModelFacts.of(bundle), header=header, modality=modality)
+    where = str(case.path)
+    if len(case.channel_files) > 1:  # each message names its own file already
+        findings, where = _named(findings, case), ""
     notes["findings"] = [f.to_dict() for f in findings]
-    for warning in enforce(findings, str(case.path)):
+    for warning in enforce(findings, where):
         log.warning("%s: %s", case.case_id, warning.message)
     notes["read"], t = time.perf_counter() - t, time.perf_counter()
     probs, label = predict_volume(bundle, image, options, progress)
@@ -133,17 +211,22 @@ def _case_record(bundle, case: CaseInput, out: Path, options, settings, run_id, 
     """Predict (or skip) one case and describe what happened, for the manifest."""
     paths = outputs_for(case, out, settings.formats)
     record = {"run": run_id, "case_id": case.case_id, "input": str(case.path.resolve()),
-              "series_uid": case.series_uid,
+              "inputs": [str(p.resolve()) for p in case.files], "series_uid": case.series_uid,
               "outputs": {k: str(v.resolve()) for k, v in paths.items()}}  # fmt: skip
     notes: dict = {}
     foreign = _foreign(paths, owned)
-    if foreign:
+    if case.problem:  # known before reading (a missing channel file): nothing is read
+        log.warning("%s failed: %s", case.case_id, case.problem)
+        record.update(status="failed", error=case.problem)
+    elif foreign:
         record.update(status="failed", error=foreign)
     elif settings.skip_existing and paths and all(p.exists() for p in paths.values()):
         record.update(status="skipped", error=None)
     else:
-        _claim(out, paths)
+        _ledger(out, paths, "+")  # before writing: a killed run's files stay medseg's
         record.update(_attempt(bundle, case, paths, options, notes, progress))
+        if record["status"] == "failed":  # its files are gone: the names are free again
+            _ledger(out, paths, "-")
     record["findings"] = notes.pop("findings", [])
     record["seconds"] = {k: round(v, 3) for k, v in notes.items()}
     return record
@@ -226,9 +309,10 @@ def run_batch(
     result = BatchResult()
     with open(out / MANIFEST, "a", encoding="utf-8") as manifest:
         for bad in unusable:
-            record = {"run": run_id, "case_id": None, "input": bad["input"], "series_uid": None,
-                      "outputs": {}, "status": "failed", "error": bad["error"],
-                      "findings": [], "seconds": {}}  # fmt: skip
+            record = {"run": run_id, "case_id": None, "input": bad["input"],
+                      "inputs": [bad["input"]], "series_uid": None, "outputs": {},
+                      "status": "failed", "error": bad["error"], "findings": [],
+                      "seconds": {}}  # fmt: skip
             _append(manifest, record)
             result.records.append(record)
         for record in _records(bundle, cases, out, options, settings, run_id, progress, model):

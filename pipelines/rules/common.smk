@@ -63,3 +63,18 @@ def test_targets():
     if config["test"].get("labels"):
         targets.append(f"{OUT}/predictions/summary.json")
     return targets
+
+
+def test_folder_files(key):
+    """Every file below the configured test folder `key` ("images" or "labels"), sorted,
+    hidden files and folders left out (none if it is not configured or not a folder:
+    the folder itself is an input too, and Snakemake names it if it is missing)."""
+    folder = config["test"].get(key)
+    if not folder or not Path(folder).is_dir():
+        return []
+    root = Path(folder)
+    return sorted(
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )

@@ -107,6 +107,19 @@ def test_a_file_medseg_did_not_write_is_never_overwritten(model, scans, tmp_path
     assert again.returncode == 0, again.stdout + again.stderr
 
 
+def test_a_failed_case_releases_its_output_names(model, scans, tmp_path):
+    bad = _variant(scans / "demo_100.nii.gz", tmp_path / "in" / "case.nii.gz", np.zeros_like)
+    out = tmp_path / "out"
+    first = predict(model, bad, out)
+    assert first.returncode == 1 and manifest(out)["case"]["status"] == "failed"
+    # someone puts their own file where the failed case's output would have gone
+    (out / "case.nii.gz").write_bytes(b"somebody's file")
+    shutil.copy(scans / "demo_100.nii.gz", bad)  # the input is fixed; the name is taken
+    result = predict(model, bad, out)
+    assert result.returncode == 1 and "not written by medseg" in manifest(out)["case"]["error"]
+    assert (out / "case.nii.gz").read_bytes() == b"somebody's file"
+
+
 def test_output_that_is_a_file_or_cannot_be_written(model, scans, tmp_path):
     a_file = tmp_path / "results.txt"
     a_file.write_text("not a folder")
@@ -258,3 +271,85 @@ def test_truncated_uncompressed_dicom_slice(model, dicom_dir, tmp_path):
     (record,) = manifest(out).values()
     assert str(victim) in record["error"] and "cut short" in record["error"]
     assert "pylibjpeg" not in record["error"]
+
+
+# -- channel files (nnU-Net v2 layout) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_channel(demo_models, tmp_path_factory) -> Path:
+    """A 2-channel model folder (untrained weights: these tests are about the inputs)."""
+    from test_inputs import two_channel_model
+
+    return two_channel_model(demo_models, tmp_path_factory.mktemp("two_channel"))
+
+
+@pytest.fixture()
+def channel_folder(demo_module, tmp_path) -> Path:
+    """A test folder in the nnU-Net layout: demo_100 and demo_101, 2 channel files each."""
+    root = demo_module.write_dataset(tmp_path / "d", 0, 2, seed=5, layout="nnunet", channels=2)
+    return root / "imagesTs"
+
+
+def test_bad_channel_files_fail_their_case_and_the_batch_goes_on(two_channel, channel_folder,
+                                                                 tmp_path):  # fmt: skip
+    c0, c1 = (channel_folder / f"demo_100_{c:04d}.nii.gz" for c in (0, 1))
+    shutil.copy(c0, channel_folder / "lonely_0000.nii.gz")  # channel 1 missing
+    img = nib.load(c1)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    moved = img.affine.copy()
+    moved[:3, 3] += 5.0
+    for name, array, affine in (
+        ("moved", data, moved),
+        ("cropped", data[:-2], img.affine),
+        ("nan", np.where(data > data.mean(), np.nan, data), img.affine),
+    ):
+        shutil.copy(c0, channel_folder / f"{name}_0000.nii.gz")
+        write_nifti(channel_folder / f"{name}_0001.nii.gz", array, affine)
+    before = tree_digest(channel_folder)
+    out = tmp_path / "out"
+    result = predict(two_channel, channel_folder, out)
+    assert_clean_failure(result, 1, "2 done, 0 skipped, 4 failed")
+    records = manifest(out)
+    assert {k: r["status"] for k, r in records.items()} == {
+        "demo_100": "ok", "demo_101": "ok",
+        "lonely": "failed", "moved": "failed", "cropped": "failed", "nan": "failed",
+    }  # fmt: skip
+    errors = {k: records[k]["error"] for k in ("lonely", "moved", "cropped", "nan")}
+    assert errors["lonely"].startswith(f"{channel_folder / 'lonely_0001.nii.gz'}: channel file "
+                                       "not found")  # fmt: skip
+    assert records["lonely"]["inputs"] == [str((channel_folder / "lonely_0000.nii.gz").resolve())]
+    assert records["lonely"]["outputs"] == {} and records["lonely"]["seconds"] == {}
+    for case in ("moved", "cropped"):
+        assert errors[case].startswith(f"{channel_folder / f'{case}_0001.nii.gz'}: voxel grid "
+                                       "differs from channel 0's")  # fmt: skip
+    assert "origin" in errors["moved"] and "shape" in errors["cropped"]
+    assert errors["nan"].startswith(f"{channel_folder / 'nan_0001.nii.gz'} (channel 1) holds")
+    assert "NaN or infinite" in errors["nan"]
+    assert [f["code"] for f in records["nan"]["findings"] if f["refuse"]] == ["non_finite"]
+    for case, error in errors.items():
+        assert "\n" not in error  # one line
+        assert not list(out.glob(f"{case}*"))
+    for case in ("demo_100", "demo_101"):
+        source = nib.load(channel_folder / f"{case}_0000.nii.gz")
+        label = nib.load(out / f"{case}.nii.gz")
+        assert label.shape == source.shape and np.allclose(label.affine, source.affine)
+    assert tree_digest(channel_folder) == before
+    _no_temporaries(out)
+
+
+def test_an_output_that_would_replace_a_channel_file_is_refused(two_channel, channel_folder,
+                                                                tmp_path):  # fmt: skip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for c in (0, 1):
+        shutil.copy(channel_folder / f"demo_100_{c:04d}.nii.gz", folder / f"X_{c:04d}.nii.gz")
+    numbered = tmp_path / "numbered"  # X_0001, X_0002: case numbers, so a case named X_0001
+    numbered.mkdir()
+    for c in (1, 2):
+        shutil.copy(channel_folder / "demo_101_0000.nii.gz", numbered / f"X_{c:04d}.nii.gz")
+    before = tree_digest(tmp_path)
+    inputs = [folder / "X_0000.nii.gz", folder / "X_0001.nii.gz", *sorted(numbered.iterdir())]
+    result = predict(two_channel, inputs, folder)
+    assert_clean_failure(result, 2, str(folder / "X_0001.nii.gz"), "overwrite the input")
+    assert tree_digest(tmp_path) == before
