@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.table import Table
 
 from medseg.cli.console import add_command, out
 from medseg.core.errors import PlanError, UsageError
+from medseg.core.plans import Plans
 from medseg.core.records import FINGERPRINT_SCHEMA, Fingerprint, read_record
 from medseg.io.atomic import write_text_atomic
 from medseg.io.guard import refuse_overlap
@@ -84,23 +86,21 @@ def add_parser(sub) -> None:
     p.add_argument("--plans-name", default="medsegPlans")
 
 
-def plans_table(plans: dict, trained: dict[str, str] | None = None) -> Table:
+def plans_table(plans: Plans | Mapping, trained: dict[str, str] | None = None) -> Table:
     """The plans' configurations, one row each; with ``trained`` (configuration -> what
     was trained of it, e.g. ``"2 of 2 folds"``) also a column "trained"."""
-    table = Table(title=f"plans for {plans['dataset_name']}")
+    plans = Plans.of(plans)
+    table = Table(title=f"plans for {plans.dataset_name}")
     columns = ("configuration", "spacing (mm)", "patch", "batch", "stages", "normalization")
     for col in columns + (("trained",) if trained is not None else ()):
         table.add_column(col)
-    for name, c in plans["configurations"].items():
+    for name in plans.configurations:
+        c = plans.configuration(name)
         extra = (trained.get(name, "not trained"),) if trained is not None else ()
-        if "patch_size" not in c:
-            table.add_row(name, f"= {c.get('inherits_from')} after {c.get('previous_stage')}",
-                          "", "", "", "", *extra)  # fmt: skip
-            continue
-        table.add_row(name, " x ".join(f"{s:.3g}" for s in c["spacing"]),
-                      " x ".join(map(str, c["patch_size"])), str(c["batch_size"]),
-                      str(c["architecture"]["arch_kwargs"]["n_stages"]),
-                      ", ".join(c["normalization_schemes"]), *extra)  # fmt: skip
+        stage = f" after {c.previous_stage}" if c.previous_stage else ""
+        table.add_row(name + stage, " x ".join(f"{s:.3g}" for s in c.spacing),
+                      " x ".join(map(str, c.patch_size)), str(c.batch_size), str(c.n_stages),
+                      ", ".join(c.normalization_schemes), *extra)  # fmt: skip
     return table
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.table import Table
 
 from medseg.cli.console import add_command, out
+from medseg.core.plans import Plans
 
 HELP = "summarise a workflow results folder (data, plans, cross-validation, model, test)"
 EPILOG = """\
@@ -68,29 +70,30 @@ def _stages(results: Path) -> Table:
     return table
 
 
-def trained_status(results: Path, plans: dict) -> dict[str, str]:
+def trained_status(results: Path, plans: Plans | Mapping) -> dict[str, str]:
     """What the results folder holds of each planned configuration: how many of the
     split's folds have a final checkpoint (``models/<config>/fold_<k>/checkpoint_final
     .safetensors``), or why none has."""
+    plans = Plans.of(plans)
     splits = _read(results / "splits.json")
     n_folds = len(splits["folds"]) if splits and isinstance(splits.get("folds"), list) else None
     status = {}
-    for name, config in plans["configurations"].items():
+    for name in plans.configurations:
         folder = results / "models" / name
         done = {p.parent.name for p in folder.glob("fold_*/checkpoint_final.safetensors")}
         if n_folds is not None:
             done &= {f"fold_{k}" for k in range(n_folds)}
         if done or folder.is_dir():  # a fold started but none finished reads "0 of K folds"
             status[name] = f"{len(done)} of {n_folds} folds" if n_folds else f"{len(done)} fold(s)"
-        elif "previous_stage" in config:
+        elif plans.configuration(name).previous_stage:
             status[name] = "not trained (medseg does not train a cascade's second stage yet)"
         else:
             status[name] = "not trained"
     return status
 
 
-def _cv_table(selection: dict, plans: dict) -> Table:
-    labels = [(v, n) for v, n in plans["labels"] if v != 0]
+def _cv_table(selection: dict, plans: Plans) -> Table:
+    labels = [(v, n) for v, n in plans.labels.pairs if v != 0]
     table = Table(title=f"cross-validation Dice ({selection['cases']} cases)")
     for col in ("configuration", *(n for _, n in labels), "mean"):
         table.add_column(col)
@@ -136,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     from medseg.cli.plan import plans_table
 
     out.print(_stages(args.results))
-    plans = _read(args.results / "plans.json")
+    document = _read(args.results / "plans.json")
+    plans = Plans.from_dict(document, str(args.results / "plans.json")) if document else None
     if plans:
         out.print(plans_table(plans, trained_status(args.results, plans)))
     selection = _read(args.results / "cv" / "selection.json")
