@@ -191,11 +191,13 @@ def test_summary_says_which_planned_configurations_were_trained(tmp_path):
 
     config = {"spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8], "batch_size": 2,
               "architecture": {"arch_kwargs": {"n_stages": 3}},
-              "normalization_schemes": ["CTNormalization"]}  # fmt: skip
+              "normalization_schemes": ["CTNormalization"],
+              "use_mask_for_norm": [False]}  # fmt: skip
     cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
     configurations = {"3d_fullres": config, "2d": config, "3d_lowres": config,
                       "3d_cascade_fullres": cascade}  # fmt: skip
-    plans = {"dataset_name": "X", "configurations": configurations}
+    plans = {"dataset_name": "X", "configurations": configurations, "channel_names": ["CT"],
+             "labels": [[0, "background"], [1, "organ"]], "transpose_forward": [0, 1, 2]}
     (tmp_path / "plans.json").write_text(json.dumps(plans))
     (tmp_path / "splits.json").write_text(json.dumps({"folds": [{"val": []}, {"val": []}]}))
     for name, folds in (("3d_fullres", (0, 1, 7)), ("3d_lowres", (1,))):

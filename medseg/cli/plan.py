@@ -97,8 +97,7 @@ def plans_table(plans: Plans | Mapping, trained: dict[str, str] | None = None) -
     for name in plans.configurations:
         c = plans.configuration(name)
         extra = (trained.get(name, "not trained"),) if trained is not None else ()
-        stage = f" after {c.previous_stage}" if c.previous_stage else ""
-        table.add_row(name + stage, " x ".join(f"{s:.3g}" for s in c.spacing),
+        table.add_row(name, " x ".join(f"{s:.3g}" for s in c.spacing),
                       " x ".join(map(str, c.patch_size)), str(c.batch_size), str(c.n_stages),
                       ", ".join(c.normalization_schemes), *extra)  # fmt: skip
     return table

@@ -120,7 +120,8 @@ class Configuration:
 
     @property
     def n_stages(self) -> int:
-        return len(self.architecture["arch_kwargs"]["strides"])
+        kwargs = self.architecture["arch_kwargs"]
+        return int(kwargs["n_stages"]) if "n_stages" in kwargs else len(kwargs["strides"])
 
     def input_channels(self, n_image_channels: int, labels: LabelSet) -> int:
         """The network's input channels: the image's, plus one per foreground label of the
