@@ -12,7 +12,7 @@ import openvino  # noqa: F401  (a dependency: a broken install fails here, never
 import pytest
 import torch
 
-from medseg.core.errors import InferenceError
+from medseg.core.errors import InferenceError, UsageError
 from medseg.inference.bundle import export_model, load_model
 from medseg.inference.engines import (
     OpenVINONetwork,
@@ -30,7 +30,7 @@ def test_resolve_engine():
     assert resolve_engine("torch", "cpu") == "torch"
     with pytest.raises(InferenceError, match="runs on the CPU"):
         resolve_engine("openvino", "cuda")
-    with pytest.raises(InferenceError, match="unknown engine"):
+    with pytest.raises(UsageError, match="engine: 'tensorrt' is not one of auto, torch"):
         resolve_engine("tensorrt", "cpu")
 
 

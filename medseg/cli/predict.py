@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
-from medseg.inference.inputs import FORMATS
+from medseg.core.options import Blend, Engine, OutputFormat, values
 
 HELP = "segment volumes or DICOM series with a trained model (NIfTI and DICOM-SEG out)"
 EPILOG = """\
@@ -73,15 +73,15 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--formats",
         nargs="+",
-        default=["nifti", "dicom-seg"],
-        choices=FORMATS,
+        default=[OutputFormat.NIFTI.value, OutputFormat.DICOM_SEG.value],
+        choices=values(OutputFormat),
         help="outputs (default: nifti dicom-seg; dicom-seg only for DICOM inputs)",
     )
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default: 4)")
     p.add_argument(
         "--blend",
-        choices=("auto", "float32", "nnunet"),
-        default="auto",
+        choices=values(Blend),
+        default=Blend.AUTO.value,
         help="tile blending: float32 (exact), nnunet (float16 as nnU-Net v2, giving "
         "its labels); auto = nnunet for nnU-Net models (default: auto)",
     )
@@ -103,8 +103,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=("auto", "torch", "openvino"),
-        default="auto",
+        choices=values(Engine),
+        default=Engine.AUTO.value,
         help="what runs the network: torch, or openvino (CPU only, 1.3-1.7x faster, "
         "float32, same labels to 1e-5; converting takes about 1.5 s per network); "
         "auto = openvino on CPU, torch on GPUs (default: auto)",
@@ -166,15 +166,16 @@ def _predict(args, bundle, device, engine: str, inputs) -> int:
 
     cases, unusable = inputs
     worker_model = WorkerModel(args.model, args.folds)
-    if engine == "openvino":
+    if engine is Engine.OPENVINO:
         irs = convert_bundle(bundle, args.engine_cache)
         worker_model = WorkerModel(args.model, args.folds, irs)
         if args.workers <= 1:
             use_openvino(bundle, irs)
     options = PredictOptions(step=args.step, mirroring=not args.no_mirroring,
                              tile_batch=args.tile_batch, device=str(device),
-                             blend=args.blend)  # fmt: skip
-    settings = BatchSettings(formats=tuple(args.formats), skip_existing=args.skip_existing,
+                             blend=Blend(args.blend))  # fmt: skip
+    formats = tuple(OutputFormat(f) for f in args.formats)
+    settings = BatchSettings(formats=formats, skip_existing=args.skip_existing,
                              workers=args.workers)  # fmt: skip
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    console=err, transient=True, disable=not err.is_terminal)  # fmt: skip

@@ -28,11 +28,12 @@ from pathlib import Path
 
 from medseg.core.crash import internal_error_message, write_crash_report
 from medseg.core.errors import MedsegError
-from medseg.inference.inputs import FORMATS, CaseInput, outputs_for
+from medseg.core.options import OutputFormat
+from medseg.inference.inputs import CaseInput, outputs_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "BatchResult", "BatchSettings", "WorkerModel", "run_batch"]
+__all__ = ["BatchResult", "BatchSettings", "WorkerModel", "run_batch"]
 
 MANIFEST = "manifest.jsonl"
 #: Hidden ledger of the output files medseg claimed in a folder before writing them, so a
@@ -49,7 +50,7 @@ class BatchSettings:
     cases at once use the cores better than one case on all of them).
     """
 
-    formats: tuple[str, ...] = ("nifti", "dicom-seg")
+    formats: tuple[OutputFormat, ...] = (OutputFormat.NIFTI, OutputFormat.DICOM_SEG)
     skip_existing: bool = False
     workers: int = 1
 
@@ -182,16 +183,16 @@ def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, pr
     notes["read"], t = time.perf_counter() - t, time.perf_counter()
     probs, label = predict_volume(bundle, image, options, progress)
     notes["predict"], t = time.perf_counter() - t, time.perf_counter()
-    if "nifti" in paths:
-        write_volume(label, paths["nifti"])
-    if "dicom-seg" in paths:
+    if OutputFormat.NIFTI in paths:
+        write_volume(label, paths[OutputFormat.NIFTI])
+    if OutputFormat.DICOM_SEG in paths:
         from medseg.io.dicom_seg import write_dicom_seg
 
-        write_dicom_seg(label.array, series, bundle.label_names, paths["dicom-seg"])
-    if "probabilities" in paths:
+        write_dicom_seg(label.array, series, bundle.label_names, paths[OutputFormat.DICOM_SEG])
+    if OutputFormat.PROBABILITIES in paths:
         from medseg.io.probabilities import save_probabilities
 
-        save_probabilities(paths["probabilities"], probs.array, probs.affine)
+        save_probabilities(paths[OutputFormat.PROBABILITIES], probs.array, probs.affine)
     notes["write"] = time.perf_counter() - t
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from medseg.core.errors import InferenceError
+from medseg.core.options import Engine, parse
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "openvino")
 
 
 def openvino_available() -> bool:
@@ -29,19 +29,18 @@ def openvino_available() -> bool:
     return True
 
 
-def resolve_engine(engine: str, device) -> str:
+def resolve_engine(engine: Engine | str, device) -> Engine:
     """The engine to use: ``auto`` is OpenVINO on CPU when installed, else PyTorch."""
-    if engine not in ENGINES:
-        raise InferenceError(f"unknown engine {engine!r}; use one of {ENGINES}")
-    if engine == "openvino":
+    engine = parse(Engine, engine, "engine")
+    if engine is Engine.OPENVINO:
         if str(device) != "cpu":
             raise InferenceError("the OpenVINO engine runs on the CPU; use --device cpu")
         if not openvino_available():
             raise InferenceError("the OpenVINO engine is not installed: pip install openvino")
-        return "openvino"
-    if engine == "auto" and str(device) == "cpu" and openvino_available():
-        return "openvino"
-    return "torch"
+        return Engine.OPENVINO
+    if engine is Engine.AUTO and str(device) == "cpu" and openvino_available():
+        return Engine.OPENVINO
+    return Engine.TORCH
 
 
 def export_openvino(network: torch.nn.Module, n_channels: int, patch, path: Path) -> Path:

@@ -38,12 +38,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg.core.errors import OutputError
+from medseg.core.options import OutputFormat
 from medseg.io.atomic import full_suffix
 from medseg.io.guard import refuse_colliding, refuse_overlap
 from medseg.io.volumes import ITK_SUFFIXES, NIFTI_SUFFIXES, is_dicom_file
 
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-FORMATS = ("nifti", "dicom-seg", "probabilities")
 #: A channel file's name without its suffix: ``<id>_<4 digits>`` (nnU-Net v2 raw layout).
 CHANNEL_NAME = re.compile(r"^(?P<id>.+)_(?P<channel>\d{4})$")
 
@@ -226,12 +226,12 @@ def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
     paths = {}
     if case.problem:
         return paths
-    if "nifti" in formats:
-        paths["nifti"] = out / f"{case.case_id}.nii.gz"
-    if "dicom-seg" in formats and case.is_dicom:
-        paths["dicom-seg"] = out / f"{case.case_id}.seg.dcm"
-    if "probabilities" in formats:
-        paths["probabilities"] = out / f"{case.case_id}_probabilities.npz"
+    if OutputFormat.NIFTI in formats:
+        paths[OutputFormat.NIFTI.value] = out / f"{case.case_id}.nii.gz"
+    if OutputFormat.DICOM_SEG in formats and case.is_dicom:
+        paths[OutputFormat.DICOM_SEG.value] = out / f"{case.case_id}.seg.dcm"
+    if OutputFormat.PROBABILITIES in formats:
+        paths[OutputFormat.PROBABILITIES.value] = out / f"{case.case_id}_probabilities.npz"
     return paths
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medseg.core.options import Blend, parse
 from medseg.core.volume import Kind, Volume
 from medseg.inference.bundle import Member, ModelBundle
 from medseg.inference.gate import channel_findings, enforce
@@ -40,7 +41,7 @@ class PredictOptions:
     amp: bool = True
     #: "auto": nnU-Net's float16 blending for nnU-Net models (their labels, exactly),
     #: exact float32 blending for medseg models; or "float32" / "nnunet" for all.
-    blend: str = "auto"
+    blend: Blend = Blend.AUTO
 
 
 def _input_with_previous(member: Member, image: Volume, bundle: ModelBundle, options, progress):
@@ -79,11 +80,12 @@ def predict_member(
                                           half=logits.dtype == torch.float16)  # fmt: skip
 
 
-def resolve_blend(blend: str, bundle: ModelBundle) -> str:
+def resolve_blend(blend: Blend | str, bundle: ModelBundle) -> Blend:
     """``auto``: nnU-Net's float16 blending for nnU-Net models, exact float32 otherwise."""
-    if blend != "auto":
+    blend = parse(Blend, blend, "blend")
+    if blend is not Blend.AUTO:
         return blend
-    return "nnunet" if bundle.meta.get("source") == "nnunetv2" else "float32"
+    return Blend.NNUNET if bundle.meta.get("source") == "nnunetv2" else Blend.FLOAT32
 
 
 def probabilities_on_original_grid(logits: np.ndarray, record: dict, half: bool = False) -> Volume:

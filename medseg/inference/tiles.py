@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.core.errors import InferenceError
+from medseg.core.options import Blend
 
 Tile = tuple[slice, ...]
 """Where one tile lies in the spatial axes of the (padded) image, one slice per axis."""
@@ -205,7 +206,7 @@ def flip_sets(mirror_axes: Sequence[int], spatial_rank: int) -> list[tuple[int, 
 
 
 #: How tiles are blended: exactly in float32, or in float16 as nnU-Net v2 does.
-BLENDS = ("float32", "nnunet")
+BLENDS = (Blend.FLOAT32, Blend.NNUNET)
 #: nnU-Net scales its float16 Gaussian to this maximum (its value_scaling_factor).
 NNUNET_GAUSSIAN_MAX = 10.0
 
@@ -223,14 +224,16 @@ def blend_weights(patch_size, blend: str, device) -> torch.Tensor:
     nnU-Net's labels for its own models.
     """
     if blend not in BLENDS:
-        raise InferenceError(f"unknown blend {blend!r}; use one of {BLENDS}")
-    return _blend_weights(tuple(int(p) for p in patch_size), blend, torch.device(device))
+        raise InferenceError(
+            f"unknown blend {blend!r}; use one of {', '.join(b.value for b in BLENDS)}"
+        )
+    return _blend_weights(tuple(int(p) for p in patch_size), Blend(blend), torch.device(device))
 
 
 @functools.lru_cache(maxsize=8)
-def _blend_weights(patch_size: tuple[int, ...], blend: str, device: torch.device) -> torch.Tensor:
+def _blend_weights(patch_size: tuple[int, ...], blend: Blend, device: torch.device) -> torch.Tensor:
     weights = gaussian_importance(patch_size, dtype=torch.float64, device=device)
-    if blend == "float32":
+    if blend is Blend.FLOAT32:
         return weights.to(torch.float32)
     weights = (weights * NNUNET_GAUSSIAN_MAX).to(torch.float16)
     zero = weights == 0

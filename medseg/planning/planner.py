@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from medseg.core.errors import PlanError
+from medseg.core.options import ConfigurationName, values
 from medseg.core.records import PLANS_SCHEMA, Fingerprint, stamp
 from medseg.planning.memory import feature_map_voxels
 from medseg.planning.normalization import normalization_plan
 from medseg.planning.spacing import fullres_target_spacing, resampled_shape, transpose_axes
 from medseg.planning.topology import Topology, pool_and_conv_props
 
-CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+CONFIGURATIONS = values(ConfigurationName)
 
 # nnU-Net v2's reference points: a 3D U-Net with these feature-map voxels fits
 # batch size 2 in 8 GB (2D: 85e6 at batch 12).
