@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -167,14 +168,106 @@ def test_dice_matches_nnunet_compute_metrics_on_folder(tmp_path):
     assert ours["mean"]["3"]["n_dice"] == 4  # case_3 left out
 
 
+def one_hot(mask: np.ndarray):
+    """``(1, 2, X, Y, Z)`` tensor (background, label), as MONAI's metrics take them."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+    return torch.stack([~t, t])[None]
+
+
+def same_number(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def test_count_dice_equals_monai_dice():
+    from monai.metrics import compute_dice
+
     for pred, ref in parity_cases(seed=1).values():
         full = case_metrics(pred, ref, [1, 2, 3], SPACING)
         fast = dice_per_label(pred, ref, [1, 2, 3])
         for label in (1, 2, 3):
-            assert fast[label] == full[label]["dice"] or (
-                math.isnan(fast[label]) and math.isnan(full[label]["dice"])
-            )
+            p, r = one_hot(pred == label), one_hot(ref == label)
+            monai = compute_dice(p, r.double(), include_background=False, ignore_empty=False)
+            if not (pred == label).any() and not (ref == label).any():
+                monai = math.nan  # MONAI says 1 for two empty maps; nnU-Net (and we) NaN
+            assert same_number(fast[label], full[label]["dice"])
+            assert same_number(full[label]["dice"], float(monai))
+
+
+def random_masks(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping blobby masks, sometimes with a stray speck far off."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+    p = field > rng.uniform(0.0, 0.2)
+    r = (field + 0.3 * ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)) > 0.1
+    if rng.random() < 0.5:
+        p[tuple(int(rng.integers(0, s)) for s in shape)] = True
+    return p, r
+
+
+def test_hd95_and_nsd_from_one_surface_computation_equal_monai():
+    """One computation of the surface distances gives MONAI's HD95 and NSD exactly, with
+    anisotropic spacing and every row of the empty-mask table (MONAI's inf HD is NaN)."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    from medseg.evaluation.surfaces import hd95_and_nsd
+
+    rng = np.random.default_rng(7)
+    checked = 0
+    for i in range(24):
+        shape = tuple(int(s) for s in rng.integers(6, 22, 3))
+        spacing = tuple(float(s) for s in rng.uniform(0.3, 3.0, 3).round(2))
+        tol = float(rng.choice([0.0, 0.5, 1.0, spacing[2], 2.5]))
+        p, r = random_masks(rng, shape)
+        if i % 6 == 1:
+            p[:] = False  # only in the reference
+        elif i % 6 == 2:
+            r[:] = False  # only predicted
+        elif i % 6 == 3:
+            p[:], r[:] = False, False  # in neither
+        pred, ref = p.astype(np.uint8), r.astype(np.uint8)
+        ours = case_metrics(pred, ref, [1], spacing, nsd_tolerance_mm=tol)[1]
+        with warnings.catch_warnings():  # MONAI warns of empty masks
+            warnings.simplefilter("ignore")
+            yp, y = one_hot(p), one_hot(r)
+            hd = float(compute_hausdorff_distance(yp, y, percentile=95, spacing=list(spacing)))
+            nsd = float(compute_surface_dice(yp, y, class_thresholds=[tol], spacing=list(spacing)))
+        assert same_number(ours["hd95"], math.nan if math.isinf(hd) else hd), (i, ours, hd)
+        assert same_number(ours["nsd"], nsd), (i, ours, nsd)
+        if p.any() and r.any():
+            assert hd95_and_nsd(p, r, spacing, tol) == (hd, nsd)
+            checked += 1
+    assert checked >= 8
+
+
+def test_postprocessing_candidates_from_components_equal_applying_the_steps():
+    """Dice of every candidate from one labelling per mask equals removing the voxels."""
+    from medseg.evaluation.postprocessing import candidate_rows
+
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        shape = tuple(int(s) for s in rng.integers(5, 14, 3))
+        k = int(rng.integers(2, 5))
+        if i % 2:
+            pred = random_labels(rng, shape, k - 1)
+        else:
+            pred = (rng.integers(0, k, shape) * (rng.random(shape) < 0.3)).astype(np.uint8)
+        ref = random_labels(rng, shape, k - 1)
+        labels = list(range(1, k))
+        connectivity = int(rng.choice([6, 18, 26]))
+        row = candidate_rows("c", pred, ref, labels, connectivity)
+        pred_fg = keep_largest_component(pred, None, connectivity=connectivity)
+        expected = {"baseline": dice_per_label(pred, ref, labels),
+                    "fg": dice_per_label(pred_fg, ref, labels)}  # fmt: skip
+        if len(labels) > 1:
+            for key, source in (("per_class", pred), ("fg_per_class", pred_fg)):
+                kept = {c: keep_largest_component(source, [c], connectivity=connectivity)
+                        for c in labels}  # fmt: skip
+                expected[key] = {c: dice_per_label(kept[c], ref, [c])[c] for c in labels}
+        assert set(row) == {"case", *expected}
+        for key, values in expected.items():
+            for c in labels:
+                assert same_number(row[key][c], values[c]), (i, key, c)
 
 
 def test_summary_files(tmp_path):
@@ -358,3 +451,92 @@ def test_labels_from_the_three_json_forms():
     assert parse({"labels": [[0, "background"], [1, "liver"], [2, "tumour"]]}, "plans") == expected
     with pytest.raises(MedsegError, match="region"):
         parse({"labels": {"background": 0, "whole": [1, 2]}}, "regions")
+
+
+def counting(monkeypatch, module, name: str) -> list:
+    """Record the argument of every call of ``module.name`` (cases scored in-process)."""
+    calls, original = [], getattr(module, name)
+
+    def wrapper(job):
+        calls.append(job)
+        return original(job)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def test_evaluation_cache_reuses_unchanged_cases_only(tmp_path, monkeypatch):
+    """A rerun scores nothing; a rewritten or touched prediction, a changed reference or
+    another tolerance is scored again; the results are those of an uncached evaluation."""
+    import os
+
+    from medseg.evaluation import metrics
+    from medseg.evaluation.cache import CACHE_NAME
+
+    cases = parity_cases(seed=2)
+    pred_dir, ref_dir = write_cases(tmp_path, cases)
+    calls = counting(monkeypatch, metrics, "_score_group")
+    first = evaluate_folder(pred_dir, ref_dir, LABELS, cache=True)
+    assert len(calls) == 5 and (pred_dir / CACHE_NAME).is_file()
+    stored = json.loads((pred_dir / CACHE_NAME).read_text())
+    assert sorted(stored["metrics"]) == sorted(cases)
+    calls.clear()
+    again = evaluate_folder(pred_dir, ref_dir, LABELS, cache=True)
+    assert calls == []
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+
+    pred, _ = cases["case_1"]
+    write_label(pred_dir / "case_1.nii.gz", np.roll(pred, 2, axis=0))  # new content
+    stat = (pred_dir / "case_2.nii.gz").stat()
+    os.utime(pred_dir / "case_2.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    write_label(ref_dir / "case_3.nii.gz", cases["case_3"][1])  # same content, new file
+    changed = evaluate_folder(pred_dir, ref_dir, LABELS, cache=True)
+    assert sorted(pair.case for job in calls for _, pair in job[0]) == [
+        "case_1",
+        "case_2",
+        "case_3",
+    ]
+    fresh = evaluate_folder(pred_dir, ref_dir, LABELS)  # no cache: everything computed
+    assert json.dumps(changed, sort_keys=True) == json.dumps(fresh, sort_keys=True)
+    assert changed["cases"][1]["metrics"] != first["cases"][1]["metrics"]
+    calls.clear()
+    evaluate_folder(pred_dir, ref_dir, LABELS, cache=True, nsd_tolerance_mm=2.0)
+    assert len(calls) == 5  # another tolerance: nothing reused
+
+
+def test_an_unreadable_cache_is_ignored(tmp_path):
+    from medseg.evaluation.cache import CACHE_NAME
+
+    pred_dir, ref_dir = write_cases(tmp_path, {"a": cube_pair()})
+    (pred_dir / CACHE_NAME).write_text("{not json")
+    summary = evaluate_folder(pred_dir, ref_dir, LABELS, cache=True)
+    assert summary["cases"][0]["metrics"]["1"]["dice"] == 0.75
+    assert json.loads((pred_dir / CACHE_NAME).read_text())["schema"] == "medseg.case_cache"
+
+
+def test_postprocessing_cache_reuses_unchanged_cases(tmp_path, monkeypatch):
+    from medseg.evaluation import postprocessing
+
+    cases = {name: random_labels(np.random.default_rng(i), (14, 12, 10)) for i, name in
+             enumerate(("a", "b"))}  # fmt: skip
+    pred_dir, ref_dir = write_cases(tmp_path, {n: (p, np.roll(p, 1, 0)) for n, p in cases.items()})
+    calls = counting(monkeypatch, postprocessing, "_candidate_dice")
+    first = choose_postprocessing(pred_dir, ref_dir, LABELS, cache=True)
+    assert len(calls) == 2
+    calls.clear()
+    assert choose_postprocessing(pred_dir, ref_dir, LABELS, cache=True) == first
+    assert calls == []
+    write_label(pred_dir / "b.nii.gz", cases["a"])
+    changed = choose_postprocessing(pred_dir, ref_dir, LABELS, cache=True)
+    assert [job[0].case for job in calls] == ["b"]
+    assert changed == choose_postprocessing(pred_dir, ref_dir, LABELS)
+
+
+def test_ensemble_labels_equal_numpy_argmax():
+    from medseg.evaluation.ensemble import argmax_labels
+
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 4, (4, 6, 5, 7)).astype(np.float32) / 4  # many ties
+    np.testing.assert_array_equal(argmax_labels(probs), np.argmax(probs, axis=0))
+    probs[2, 1, 1, 1] = probs[0, 3, 2, 1] = np.nan  # NaN wins, as with np.argmax
+    np.testing.assert_array_equal(argmax_labels(probs), np.argmax(probs, axis=0))

@@ -92,3 +92,41 @@ def test_export_writes_the_selected_model(demo_models, demo_dataset, tmp_path):
     assert [m["configuration"] for m in meta["members"]] == ["3d_fullres"]
     weights = sorted(p.name for p in (tmp_path / "model" / "3d_fullres").glob("*.safetensors"))
     assert weights == ["fold_0.safetensors", "fold_1.safetensors"]
+
+
+def test_a_rerun_of_select_takes_unchanged_results_from_the_cache(
+    demo_models, demo_dataset, tmp_path, monkeypatch
+):
+    """Nothing is made or scored again for unchanged inputs; a touched probability file
+    remakes and rescores that case of the ensemble only; the selection is the same."""
+    import os
+
+    from medseg.dataset import load_dataset
+    from medseg.evaluation import ensemble, metrics, postprocessing
+    from medseg.evaluation.select import select_model
+
+    root, plans, splits, _ = demo_models
+    spec, cv = load_dataset(demo_dataset), tmp_path / "cv"
+    calls: dict[str, list] = {}
+    for module, name in ((metrics, "_score_group"), (ensemble, "_make_case"),
+                         (postprocessing, "_candidate_dice")):  # fmt: skip
+        original, seen = getattr(module, name), calls.setdefault(name, [])
+        monkeypatch.setattr(module, name, lambda job, f=original, s=seen: s.append(job) or f(job))
+
+    def select():
+        for seen in calls.values():
+            seen.clear()
+        return json.dumps(select_model(root / "models", spec, plans, splits, cv), sort_keys=True)
+
+    first = select()
+    assert len(calls["_score_group"]) == 6 and len(calls["_make_case"]) == 6
+    assert select() == first
+    assert all(seen == [] for seen in calls.values()), calls
+    npz = next((root / "models" / "2d").glob("fold_*/validation/*.npz"))
+    stat = npz.stat()
+    os.utime(npz, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert select() == first  # same content, so the same numbers
+    case = npz.name[: -len(".npz")]
+    assert [job[0] for job in calls["_make_case"]] == [case]
+    scored = [(key, pair.case) for job in calls["_score_group"] for key, pair in job[0]]
+    assert scored == [("ensemble_2d__3d_fullres", case)]

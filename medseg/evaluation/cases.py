@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.errors import EvaluationError, GeometryError, VolumeReadError
+from medseg.core.volume import Volume
 from medseg.geometry.affine import grid_mismatch
 from medseg.io.volumes import read_volume
 
@@ -189,9 +190,17 @@ def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
 
 
 def read_case(
-    pair: CasePair,
+    pair: CasePair, ref: Volume | None = None
 ) -> tuple[np.ndarray | None, np.ndarray, tuple[float, float, float], str | None]:
     """Like :func:`read_pair`, but an absent or unreadable prediction is not an error.
+
+    Parameters
+    ----------
+    pair : CasePair
+        The case.
+    ref : Volume, optional
+        ``pair.reference`` if already read (several predictions of one case are
+        scored against one read of it); read here if not given.
 
     Returns
     -------
@@ -201,7 +210,8 @@ def read_case(
         names the file) when there is no readable prediction.
         An unreadable reference or a prediction on another grid still raises.
     """
-    ref = read_volume(pair.reference, "label")
+    if ref is None:
+        ref = read_volume(pair.reference, "label")
     if pair.prediction is None:
         return None, ref.array, ref.spacing, "no prediction file"
     try:

@@ -2,8 +2,11 @@
 
 Label maps are integer arrays ``(X, Y, Z)`` on the same voxel grid; ``spacing`` is
 the voxel size in mm along those axes, so HD95 is in mm and the NSD tolerance is
-in mm. Dice, HD95 and NSD come from MONAI (``compute_dice``,
-``compute_hausdorff_distance`` with ``percentile=95``, ``compute_surface_dice``).
+in mm. HD95 and NSD are MONAI's (``compute_hausdorff_distance`` with
+``percentile=95``, ``compute_surface_dice``), both taken from one computation of
+the surface distances with MONAI's own building blocks (see
+:mod:`medseg.evaluation.surfaces`); Dice is counted from voxels, the same number
+as MONAI's ``compute_dice``.
 
 Empty cases, per label (``P`` predicted voxels, ``R`` reference voxels):
 
@@ -21,35 +24,45 @@ undefined (MONAI returns inf): it is stored as NaN so that means stay finite and
 JSON stays standard. NaN values are left out of every mean, and each per-label
 mean says how many cases entered it (``n_dice``, ``n_hd95``, ``n_nsd``), so a
 mean HD95 over few cases is visible as such.
+
+Folders are scored case by case in worker processes; with ``cache=True`` each
+case's metrics are kept in the prediction folder (:mod:`medseg.evaluation.cache`)
+and reused while the prediction and reference files are unchanged.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from medseg.core.errors import EvaluationError
 from medseg.core.parallel import parallel_map
-from medseg.core.records import read_record, stamp
+from medseg.core.records import stamp
+from medseg.evaluation.cache import CaseCache, code_versions, file_identity, nan_from_none
 from medseg.evaluation.cases import CasePair, listing, match_cases, read_case, unreadable_error
-from medseg.io.atomic import write_text_atomic
+from medseg.evaluation.summary import (  # noqa: F401  (re-exported: the public names)
+    COUNTS,
+    CSV_COLUMNS,
+    METRICS,
+    SUMMARY_SCHEMA,
+    foreground_labels,
+    nanmean,
+    read_summary,
+    summarize_cases,
+    to_json_value,
+    write_summary,
+)
+from medseg.evaluation.surfaces import crop_to_union, hd95_and_nsd, preload
+from medseg.io.volumes import read_volume
 
 log = logging.getLogger(__name__)
 
-#: Metrics that may be NaN and are averaged with NaN left out.
-METRICS = ("dice", "hd95", "nsd")
-#: Voxel counts stored beside the metrics of each case and label.
-COUNTS = ("tp", "fp", "fn", "n_pred", "n_ref")
-CSV_COLUMNS = ("case", "label", "name", *METRICS, *COUNTS, "missing")
-SUMMARY_SCHEMA = ("medseg.evaluation", 1)
+#: Kept under its former name.
+_crop_to_union = crop_to_union
 
 
 def case_metrics(
@@ -118,56 +131,21 @@ def _label_metrics(
     elif n_pred == 0 or n_ref == 0:
         dice, hd95, nsd = 0.0, math.nan, 0.0
     else:
-        dice, hd95, nsd = _monai_metrics(*_crop_to_union(p, r), spacing, tol)
+        # MONAI's compute_dice (float64) is this very quotient: 2 TP / (|P| + |R|)
+        dice = 2 * tp / (n_pred + n_ref)
+        hd95, nsd = hd95_and_nsd(p, r, spacing, tol)
     counts = {"tp": tp, "fp": n_pred - tp, "fn": n_ref - tp, "n_pred": n_pred, "n_ref": n_ref}
     return {"dice": dice, "hd95": hd95, "nsd": nsd, **counts}
 
 
-def _crop_to_union(p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop both masks to the bounding box of ``p | r`` plus one voxel (metrics unchanged)."""
-    union = p | r
-    box = []
-    for axis in range(union.ndim):
-        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
-    return p[tuple(box)], r[tuple(box)]
+def _score_pair(pair: CasePair, ref, labels: tuple[int, ...], tol: float, missing: str) -> dict:
+    """Score one case against the reference volume ``ref`` already read.
 
-
-def _monai_metrics(
-    p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], tol: float
-) -> tuple[float, float, float]:
-    """MONAI's Dice, HD95 and NSD of two non-empty masks."""
-    import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
-
-    def one_hot(mask: np.ndarray) -> torch.Tensor:  # (1, 2, X, Y, Z): background, label
-        t = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
-        return torch.stack([~t, t])[None]
-
-    yp, y = one_hot(p), one_hot(r)
-    with warnings.catch_warnings():
-        # MONAI 1.5+ passes its own deprecated argument to get_mask_edges
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
-        # float64 reference: Dice = 2 TP / (|P| + |R|) in double precision, as nnU-Net
-        dice = compute_dice(yp, y.double(), include_background=False, ignore_empty=False)
-        hd95 = compute_hausdorff_distance(
-            yp, y, include_background=False, percentile=95, spacing=list(spacing)
-        )
-        nsd = compute_surface_dice(
-            yp, y, class_thresholds=[tol], include_background=False, spacing=list(spacing)
-        )
-    return float(dice.item()), float(hd95.item()), float(nsd.item())
-
-
-def _evaluate_case(job: tuple[CasePair, tuple[int, ...], float, str]) -> dict:
-    """Score one case; without a readable prediction, score an empty one or report it.
-
-    With ``missing="error"`` a case whose prediction cannot be read is not scored:
-    its record is ``{"case", "unreadable": (file name, reason)}``, so that every
-    such case can be reported at once.
+    Without a readable prediction, score an empty one (``missing="empty"``) or,
+    with ``missing="error"``, return ``{"case", "unreadable": (file name, reason)}``,
+    so that every such case can be reported at once.
     """
-    pair, labels, tol, missing = job
-    pred, ref, spacing, problem = read_case(pair)
+    pred, ref_array, spacing, problem = read_case(pair, ref)
     record = {
         "case": pair.case,
         "prediction": None if pred is None else str(pair.prediction),
@@ -179,17 +157,146 @@ def _evaluate_case(job: tuple[CasePair, tuple[int, ...], float, str]) -> dict:
             name = pair.prediction.name if pair.prediction else pair.reference.name
             return {"case": pair.case, "unreadable": (name, problem)}
         record["note"] = f"scored as an empty prediction: {problem}"
-        pred = np.zeros(ref.shape, ref.dtype)  # all background on the reference's grid
-    metrics = case_metrics(pred, ref, labels, spacing, tol)
+        pred = np.zeros(ref_array.shape, ref_array.dtype)  # all background on the reference's grid
+    metrics = case_metrics(pred, ref_array, labels, spacing, tol)
     return {**record, "metrics": {str(c): m for c, m in metrics.items()}}
 
 
-def foreground_labels(labels: Mapping[int, str]) -> dict[int, str]:
-    """``labels`` without background 0, sorted by value; an error if nothing is left."""
-    fg = {int(v): str(n) for v, n in sorted(labels.items()) if int(v) != 0}
-    if not fg:
-        raise EvaluationError(f"no foreground labels to evaluate in {dict(labels)}")
-    return fg
+def _score_group(job: tuple[list[tuple[str, CasePair]], tuple[int, ...], float, str]) -> list:
+    """Score predictions of one case (``(folder key, pair)`` each), reading its reference once."""
+    items, labels, tol, missing = job
+    ref = read_volume(items[0][1].reference, "label")
+    return [(key, _score_pair(pair, ref, labels, tol, missing)) for key, pair in items]
+
+
+def _jobs(todo: list[tuple[str, CasePair]], processes: int) -> list[list[tuple[str, CasePair]]]:
+    """Group ``(key, pair)`` by case (one read of each reference); split if fewer than workers."""
+    by_case: dict[str, list[tuple[str, CasePair]]] = {}
+    for key, pair in todo:
+        by_case.setdefault(pair.case, []).append((key, pair))
+    groups = list(by_case.values())
+    if len(groups) < processes:
+        groups = [[item] for group in groups for item in group]
+    return groups
+
+
+def _cache_key(pair: CasePair, labels: tuple[int, ...], tol: float) -> dict | None:
+    """What a case's metrics depend on; None if the prediction is not a readable file."""
+    prediction = file_identity(pair.prediction)
+    if prediction is None:
+        return None
+    return {"prediction": prediction, "reference": file_identity(pair.reference),
+            "labels": list(labels), "nsd_tolerance_mm": tol, "code": code_versions()}  # fmt: skip
+
+
+def _cached_record(pair: CasePair, metrics: dict) -> dict:
+    return {
+        "case": pair.case,
+        "prediction": str(pair.prediction),
+        "reference": str(pair.reference),
+        "missing": False,
+        "metrics": {c: nan_from_none(row, METRICS) for c, row in metrics.items()},
+    }
+
+
+def _score_all(
+    pairs: dict[str, list[CasePair]],
+    caches: dict[str, CaseCache],
+    settings: tuple[tuple[int, ...], float, str],
+    processes: int,
+) -> Iterator[tuple[str, dict]]:
+    """``(key, record)`` of every pair: from the caches, then scored in one pool of workers."""
+    labels, tol, missing = settings
+    todo, keys = [], {}
+    for key, key_pairs in pairs.items():
+        for pair in key_pairs:
+            cache_key = _cache_key(pair, labels, tol) if key in caches else None
+            hit = caches[key].get(pair.case, cache_key) if cache_key is not None else None
+            if hit is not None:
+                yield key, _cached_record(pair, hit)
+                continue
+            keys[key, pair.case] = cache_key
+            todo.append((key, pair))
+    if processes > 1 and len(todo) > 1:
+        preload()  # torch and MONAI imported once here, before the workers fork
+    jobs = [(group, labels, tol, missing) for group in _jobs(todo, processes)]
+    for results in parallel_map(_score_group, jobs, processes):
+        for key, record in results:
+            cache_key = keys[key, record["case"]]
+            if cache_key is not None and "metrics" in record and not record["missing"]:
+                caches[key].put(record["case"], cache_key, to_json_value(record["metrics"]))
+            yield key, record
+
+
+def evaluate_folders(
+    pred_dirs: Mapping[str, Path],
+    ref_dir: Path,
+    labels: Mapping[int, str],
+    *,
+    processes: int = 1,
+    file_ending: str = ".nii.gz",
+    nsd_tolerance_mm: float = 1.0,
+    missing: str = "error",
+    cases: Sequence[str] | None = None,
+    cache: bool = False,
+    on_case_done: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """:func:`evaluate_folder` for several prediction folders against one reference folder.
+
+    All ``(folder, case)`` pairs are scored by one pool of ``processes`` workers,
+    each job scoring every folder's prediction of one case against one read of its
+    reference. With ``cache``, each folder keeps its cases' metrics in a cache file
+    (:mod:`medseg.evaluation.cache`) and a case whose prediction and reference are
+    unchanged is not scored again. Returns ``{key: summary}`` in the order of ``pred_dirs``.
+    """
+    fg = foreground_labels(labels)
+    tol = float(nsd_tolerance_mm)
+    pairs = {
+        key: match_cases(folder, ref_dir, file_ending, missing=missing, cases=cases)
+        for key, folder in pred_dirs.items()
+    }
+    caches = {key: CaseCache(pred_dirs[key], "metrics") for key in pairs} if cache else {}
+    scored: dict[str, dict[str, dict]] = {key: {} for key in pairs}
+    unreadable: dict[str, list] = {key: [] for key in pairs}
+    try:
+        for key, record in _score_all(pairs, caches, (tuple(fg), tol, missing), processes):
+            if "unreadable" in record:
+                unreadable[key].append(record["unreadable"])
+            else:
+                scored[key][record["case"]] = record
+            if on_case_done is not None:
+                on_case_done(record["case"])
+    finally:
+        for key, key_cache in caches.items():
+            key_cache.save([pair.case for pair in pairs[key]])
+    summaries = {}
+    for key, folder in pred_dirs.items():
+        if unreadable[key]:
+            raise unreadable_error(unreadable[key], len(pairs[key]), folder, ref_dir)
+        records = [scored[key][pair.case] for pair in pairs[key]]
+        header = {
+            "prediction_folder": str(folder),
+            "reference_folder": str(ref_dir),
+            "file_ending": file_ending,
+            "nsd_tolerance_mm": tol,
+            "missing": missing,
+        }
+        summaries[key] = _summary(records, fg, header)
+    return summaries
+
+
+def _summary(records: list[dict], fg: dict[int, str], header: dict) -> dict:
+    """The ``medseg.evaluation`` record of one folder's scored cases; ``header`` first."""
+    empty = [case["case"] for case in records if case["missing"]]
+    if empty:
+        log.warning(
+            "%d of %d reference cases in %s have no readable prediction in %s and were scored "
+            "as empty predictions (Dice 0): %s",
+            len(empty), len(records), header["reference_folder"], header["prediction_folder"],
+            listing(empty),
+        )  # fmt: skip
+    summary = {**header, "n_missing": len(empty), "missing_cases": empty}
+    return stamp({**summary, **summarize_cases(records, fg)}, SUMMARY_SCHEMA)
 
 
 def evaluate_folder(
@@ -203,6 +310,7 @@ def evaluate_folder(
     missing: str = "error",
     cases: Sequence[str] | None = None,
     on_case_done: Callable[[str], None] | None = None,
+    cache: bool = False,
 ) -> dict:
     """Score every reference case in ``ref_dir`` against the prediction of the same name.
 
@@ -231,6 +339,9 @@ def evaluate_folder(
         reference in ``ref_dir``.
     on_case_done : Callable[[str], None], optional
         Called with each case id when it is scored (progress bars).
+    cache : bool
+        Keep each case's metrics in ``pred_dir`` (:mod:`medseg.evaluation.cache`)
+        and reuse them while the case's prediction and reference are unchanged.
 
     Returns
     -------
@@ -242,126 +353,15 @@ def evaluate_folder(
         labels of the per-label means: ``foreground_mean["dice"]`` is the number
         nnU-Net ranks by). Keys of labels are strings; undefined values are NaN.
     """
-    fg = foreground_labels(labels)
-    pairs = match_cases(pred_dir, ref_dir, file_ending, missing=missing, cases=cases)
-    jobs = [(p, tuple(fg), float(nsd_tolerance_mm), missing) for p in pairs]
-    scored, unreadable = [], []
-    for result in parallel_map(_evaluate_case, jobs, processes):
-        if "unreadable" in result:
-            unreadable.append(result["unreadable"])
-        else:
-            scored.append(result)
-        if on_case_done is not None:
-            on_case_done(result["case"])
-    if unreadable:
-        raise unreadable_error(unreadable, len(pairs), pred_dir, ref_dir)
-    empty = [case["case"] for case in scored if case["missing"]]
-    if empty:
-        log.warning(
-            "%d of %d reference cases in %s have no readable prediction in %s and were scored "
-            "as empty predictions (Dice 0): %s",
-            len(empty), len(scored), ref_dir, pred_dir, listing(empty),
-        )  # fmt: skip
-    summary = {
-        "prediction_folder": str(pred_dir),
-        "reference_folder": str(ref_dir),
-        "file_ending": file_ending,
-        "nsd_tolerance_mm": float(nsd_tolerance_mm),
-        "missing": missing,
-        "n_missing": len(empty),
-        "missing_cases": empty,
-        **summarize_cases(scored, fg),
-    }
-    return stamp(summary, SUMMARY_SCHEMA)
-
-
-def nanmean(values: Sequence[float]) -> float:
-    """Mean of the finite values; NaN (without a warning) if there are none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return math.fsum(finite) / len(finite) if finite else math.nan
-
-
-def summarize_cases(cases: Sequence[dict], labels: Mapping[int, str]) -> dict:
-    """Per-label means and the foreground mean of per-case results (pure).
-
-    Unlike nnU-Net, which averages the per-label means with ``np.mean`` (NaN as
-    soon as one label is absent from every case), a label whose mean is NaN is
-    left out of the foreground mean.
-    """
-    mean: dict[str, dict[str, float]] = {}
-    for c in labels:
-        rows = [case["metrics"][str(c)] for case in cases]
-        entry: dict[str, float] = {}
-        for m in METRICS:
-            values = [row[m] for row in rows]
-            entry[m] = nanmean(values)
-            entry[f"n_{m}"] = sum(1 for v in values if math.isfinite(v))
-        mean[str(c)] = entry
-    foreground = {m: nanmean([mean[str(c)][m] for c in labels]) for m in METRICS}
-    return {
-        "labels": {str(c): name for c, name in labels.items()},
-        "n_cases": len(cases),
-        "cases": list(cases),
-        "mean": mean,
-        "foreground_mean": foreground,
-    }
-
-
-def to_json_value(obj: object) -> object:
-    """A copy of ``obj`` that strict JSON can hold: NaN and inf become None, numpy -> Python."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_json_value(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json_value(v) for v in obj]
-    if isinstance(obj, (np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_summary(summary: dict, json_path: Path, csv_path: Path | None = None) -> None:
-    """Write ``summary`` as JSON (NaN as null) and, if given, a CSV of one row per case x label.
-
-    Both files are written atomically. CSV cells of undefined metrics are empty;
-    the last column, ``missing``, is 1 for a case scored as an empty prediction.
-    """
-    text = json.dumps(to_json_value(summary), indent=2, allow_nan=False)
-    write_text_atomic(json_path, text + "\n")
-    if csv_path is None:
-        return
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for case in summary["cases"]:
-        for key, row in case["metrics"].items():
-            cells = [_csv_cell(row[m]) for m in (*METRICS, *COUNTS)]
-            missing = int(bool(case.get("missing", False)))
-            writer.writerow([case["case"], key, summary["labels"].get(key, ""), *cells, missing])
-    write_text_atomic(csv_path, buf.getvalue())
-
-
-def _csv_cell(value: float) -> str:
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value)) if math.isfinite(value) else ""
-    return str(value)
-
-
-def read_summary(json_path: Path) -> dict:
-    """Read a summary written by :func:`write_summary`; null metrics become NaN again."""
-    summary = read_record(json_path, SUMMARY_SCHEMA)
-
-    def fix(entry: dict) -> None:
-        for m in METRICS:
-            if m in entry and entry[m] is None:
-                entry[m] = math.nan
-
-    for case in summary.get("cases", []):
-        for row in case["metrics"].values():
-            fix(row)
-    for row in summary.get("mean", {}).values():
-        fix(row)
-    fix(summary.get("foreground_mean", {}))
-    return summary
+    return evaluate_folders(
+        {"": pred_dir},
+        ref_dir,
+        labels,
+        processes=processes,
+        file_ending=file_ending,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        missing=missing,
+        cases=cases,
+        cache=cache,
+        on_case_done=on_case_done,
+    )[""]

@@ -36,8 +36,9 @@ from scipy import ndimage
 from medseg.core.errors import EvaluationError
 from medseg.core.parallel import parallel_map
 from medseg.core.records import check_schema, stamp
+from medseg.evaluation.cache import CaseCache, code_versions, file_identity
 from medseg.evaluation.cases import CasePair, match_cases, read_pair
-from medseg.evaluation.metrics import dice_per_label, foreground_labels, nanmean, to_json_value
+from medseg.evaluation.summary import foreground_labels, nanmean, to_json_value
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +127,152 @@ def apply_postprocessing(label: np.ndarray, record: dict) -> np.ndarray:
     return out if steps else out.copy()
 
 
-def _dice(p: np.ndarray, r: np.ndarray) -> float:
-    denom = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
-    return 2 * int(np.count_nonzero(p & r)) / denom if denom else math.nan
+def _dice_of(n_pred: int, n_ref: int, tp: int) -> float:
+    """``2 TP / (|P| + |R|)``, NaN if both are empty: :func:`dice_per_label` from counts."""
+    denom = n_pred + n_ref
+    return 2 * tp / denom if denom else math.nan
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask``, None if it is empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _keep_largest(counts: tuple[int, int, int], sizes, overlap, alive) -> tuple[int, int, int]:
+    """``(n_pred, n_ref, tp)`` after keeping only the largest of the ``alive`` components.
+
+    ``sizes`` and ``overlap`` (voxels also in the reference) are per component; as
+    :func:`_largest`, nothing is removed from one component or none, and ties are kept.
+    """
+    n_pred, n_ref, tp = counts
+    if np.count_nonzero(alive) <= 1:
+        return counts
+    drop = alive & (sizes != sizes[alive].max())
+    return n_pred - int(sizes[drop].sum()), n_ref, tp - int(overlap[drop].sum())
+
+
+def _voxel_counts(pred: np.ndarray, ref: np.ndarray, c: int) -> tuple[int, int, int]:
+    """``(n_pred, n_ref, tp)`` of label ``c``."""
+    p, r = pred == c, ref == c
+    return int(np.count_nonzero(p)), int(np.count_nonzero(r)), int(np.count_nonzero(p & r))
+
+
+def _foreground_step(pred, ref, labels, counts, structure) -> tuple[dict, np.ndarray | None]:
+    """Counts after keeping the largest foreground component(s), and the voxels removed."""
+    components, n = ndimage.label(pred != 0, structure=structure)
+    if n <= 1:
+        return dict(counts), None
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    removed = np.concatenate([[False], sizes != sizes.max()])[components]
+    gone_pred, gone_ref = pred[removed], ref[removed]
+    after = {}
+    for c in labels:
+        gone = gone_pred == c
+        n_pred, n_ref, tp = counts[c]
+        n_gone, tp_gone = int(np.count_nonzero(gone)), int(np.count_nonzero(gone_ref[gone] == c))
+        after[c] = (n_pred - n_gone, n_ref, tp - tp_gone)
+    return after, removed
+
+
+def _class_step(pred, ref, c, counts, after_fg, removed, structure) -> tuple[float, float]:
+    """Label ``c``'s Dice after keeping its largest component, without and after the fg step.
+
+    A component of a label lies inside one foreground component, so the foreground
+    step removes it whole or not at all: one labelling serves both.
+    """
+    mask = pred == c
+    components, n = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    overlap = np.bincount(components[mask & (ref == c)], minlength=n + 1)[1:]
+    alive = np.ones(n, bool)
+    per_class = _dice_of(*_keep_largest(counts, sizes, overlap, alive))
+    if removed is not None:
+        alive[np.unique(components[removed & mask]) - 1] = False
+    return per_class, _dice_of(*_keep_largest(after_fg, sizes, overlap, alive))
+
+
+def candidate_rows(
+    case: str, pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], connectivity: int
+) -> dict:
+    """Dice of one case under every candidate of the rule, from component sizes (pure).
+
+    ``baseline[c]`` is label ``c``'s Dice as predicted, ``fg[c]`` after the foreground
+    step; ``per_class[c]`` after keeping label ``c``'s largest component of the
+    prediction as it is, ``fg_per_class[c]`` of the foreground-processed one (two or
+    more labels only). The same numbers as applying :func:`keep_largest_component`
+    and counting Dice, with one labelling of the foreground and one of each label.
+    """
+    structure = _structure(connectivity)
+    labels = [int(c) for c in labels]
+    counts = {c: _voxel_counts(pred, ref, c) for c in labels}
+    row = {"case": case, "baseline": {c: _dice_of(*counts[c]) for c in labels}}
+    box = _box(pred != 0)  # every component lies inside it
+    if box is None:
+        after_fg, removed = dict(counts), None
+    else:
+        pred, ref = pred[box], ref[box]
+        after_fg, removed = _foreground_step(pred, ref, labels, counts, structure)
+    row["fg"] = {c: _dice_of(*after_fg[c]) for c in labels}
+    if len(labels) > 1:
+        row["per_class"], row["fg_per_class"] = {}, {}
+        for c in labels:
+            step = _class_step(pred, ref, c, counts[c], after_fg[c], removed, structure)
+            row["per_class"][c], row["fg_per_class"][c] = step
+    return row
 
 
 def _candidate_dice(job: tuple[CasePair, tuple[int, ...], int]) -> dict:
-    """Dice of one case under every candidate of the rule (one read per case).
-
-    ``per_class[c]`` is label ``c``'s Dice after keeping its largest component of
-    the prediction as it is, ``fg_per_class[c]`` of the foreground-processed one.
-    """
+    """:func:`candidate_rows` of one case, read from its files."""
     pair, labels, connectivity = job
     pred, ref, _ = read_pair(pair)
-    pred_fg = keep_largest_component(pred, None, connectivity=connectivity)
-    row = {
-        "case": pair.case,
-        "baseline": dice_per_label(pred, ref, labels),
-        "fg": dice_per_label(pred_fg, ref, labels),
-    }
-    if len(labels) > 1:
-        for key, source in (("per_class", pred), ("fg_per_class", pred_fg)):
-            row[key] = {}
-            for c in labels:
-                mask = source == c
-                row[key][c] = _dice(_largest(mask, connectivity), ref == c)
-    return row
+    return candidate_rows(pair.case, pred, ref, labels, connectivity)
+
+
+def _rows(
+    pairs: list[CasePair],
+    labels: tuple[int, ...],
+    connectivity: int,
+    processes: int,
+    cache: CaseCache | None,
+) -> list[dict]:
+    """:func:`candidate_rows` of every case: from ``cache`` if unchanged, else computed."""
+    rows: dict[str, dict] = {}
+    keys = {}
+    for pair in pairs:
+        key = {
+            "prediction": file_identity(pair.prediction),
+            "reference": file_identity(pair.reference),
+            "labels": list(labels),
+            "connectivity": connectivity,
+            "code": code_versions(),
+        }
+        hit = cache.get(pair.case, key) if cache is not None else None
+        if isinstance(hit, dict):
+            rows[pair.case] = _row_from_json(hit)
+        keys[pair.case] = key
+    jobs = [(p, labels, connectivity) for p in pairs if p.case not in rows]
+    for row in parallel_map(_candidate_dice, jobs, processes):
+        rows[row["case"]] = row
+        if cache is not None and keys[row["case"]]["prediction"] is not None:
+            cache.put(row["case"], keys[row["case"]], to_json_value(row))
+    if cache is not None:
+        cache.save([pair.case for pair in pairs])
+    return [rows[pair.case] for pair in pairs]
+
+
+def _row_from_json(row: dict) -> dict:
+    """A cached row as :func:`candidate_rows` returns it: int label keys, NaN for null."""
+    out = {"case": row["case"]}
+    for key, values in row.items():
+        if key != "case":
+            out[key] = {int(c): math.nan if v is None else v for c, v in values.items()}
+    return out
 
 
 def _means(rows: Sequence[dict], key: str, labels: Sequence[int]) -> dict[int, float]:
@@ -218,6 +339,7 @@ def choose_postprocessing(
     processes: int = 1,
     file_ending: str = ".nii.gz",
     connectivity: int = NNUNET_CONNECTIVITY,
+    cache: bool = False,
 ) -> dict:
     """Choose connected-component postprocessing from cross-validation predictions.
 
@@ -236,6 +358,9 @@ def choose_postprocessing(
         Suffix that selects the files.
     connectivity : int
         6, 18 or 26 (nnU-Net's) neighbours.
+    cache : bool
+        Keep each case's candidate Dice in ``pred_dir`` (:mod:`medseg.evaluation.cache`)
+        and reuse them while its prediction and reference are unchanged.
 
     Returns
     -------
@@ -249,8 +374,9 @@ def choose_postprocessing(
     fg = tuple(foreground_labels(labels))
     _structure(connectivity)  # fail early on a bad value
     pairs = match_cases(pred_dir, ref_dir, file_ending)  # every reference, each predicted
-    jobs = [(p, fg, connectivity) for p in pairs]
-    rows = list(parallel_map(_candidate_dice, jobs, processes))
+    rows = _rows(
+        pairs, fg, connectivity, processes, CaseCache(pred_dir, "postprocessing") if cache else None
+    )
     record = decide_postprocessing(rows, fg, connectivity)
     log.info(
         "postprocessing: %d step(s), foreground Dice %.5f -> %.5f",

@@ -9,6 +9,13 @@ chosen on its CV predictions, and the deployable model folder is written.
 Expected layout of ``models``: ``<configuration>/fold_<k>/`` as written by
 ``medseg train`` (``checkpoint_final.safetensors`` and ``validation/`` with
 ``CASE.nii.gz`` and ``CASE.npz`` probabilities).
+
+Each stage runs in one pool of worker processes over all its cases (ensembles:
+one job per case, each configuration's probabilities read once; scoring: one job
+per case for every candidate, the reference read once; postprocessing: the
+chosen candidate's cases). Each candidate folder keeps a cache of what was made
+and scored (:mod:`medseg.evaluation.cache`), so a rerun on unchanged inputs
+computes nothing, and a changed file recomputes only its case.
 """
 
 from __future__ import annotations
@@ -19,17 +26,13 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from medseg.core.errors import EvaluationError
 from medseg.core.records import resolve_configuration, stamp
-from medseg.core.volume import Volume
 from medseg.dataset.layout import DatasetSpec
-from medseg.evaluation.metrics import evaluate_folder, to_json_value, write_summary
+from medseg.evaluation.ensemble import make_ensembles, probability_files
+from medseg.evaluation.metrics import evaluate_folders, to_json_value, write_summary
 from medseg.evaluation.postprocessing import choose_postprocessing
 from medseg.io.atomic import write_text_atomic
-from medseg.io.probabilities import load_probabilities
-from medseg.io.volumes import write_volume
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +82,26 @@ def _gather(folds: dict, out: Path, cases: list[str]) -> None:
         _link(found[case], out / f"{case}.nii.gz")
 
 
-def _ensemble(a: dict, b: dict, out: Path, cases: list[str]) -> None:
-    """Average two configurations' CV probabilities per case and write the labels."""
-    _drop_stale(out, cases)
-    for case in cases:
-        probs, affine = None, None
-        for folds in (a, b):
-            hits = [f / "validation" / f"{case}.npz" for f in folds.values()
-                    if (f / "validation" / f"{case}.npz").exists()]  # fmt: skip
-            p, affine = load_probabilities(hits[0])
-            probs = p if probs is None else probs + p
-        label = np.argmax(probs, axis=0).astype(np.uint8)
-        write_volume(Volume.label(label, affine), out / f"{case}.nii.gz")
+def _ensembles(
+    models: Path, names: list[str], cv_dir: Path, cases: list[str], processes: int
+) -> dict[str, list[str]]:
+    """Make every pairwise ensemble's labels in ``cv_dir/ensemble_<a>__<b>``; key -> members."""
+    ensembles = {f"ensemble_{a}__{b}": (a, b) for a, b in itertools.combinations(names, 2)}
+    if ensembles:
+        in_ensembles = sorted({name for pair in ensembles.values() for name in pair})
+        files = {n: probability_files(trained_folds(models, n), n, cases) for n in in_ensembles}
+        for key in ensembles:
+            _drop_stale(cv_dir / key, cases)
+        make_ensembles(ensembles, files, cv_dir, cases, processes)
+    return {key: list(pair) for key, pair in ensembles.items()}
+
+
+def score_candidates(
+    cv_dir: Path, keys: list[str], refs: Path, labels: dict[int, str], processes: int
+) -> dict[str, dict]:
+    """Summaries of the candidates' folders ``cv_dir/<key>``: all cases in one pool, cached."""
+    folders = {key: cv_dir / key for key in keys}
+    return evaluate_folders(folders, refs, labels, processes=processes, cache=True)
 
 
 def select_model(
@@ -103,7 +114,13 @@ def select_model(
     configurations: list[str] | None = None,
     processes: int = 1,
 ) -> dict:
-    """Score configurations and their pairwise ensembles; choose; pick postprocessing."""
+    """Score configurations and their pairwise ensembles; choose; pick postprocessing.
+
+    Every ``(candidate, case)`` is scored by one pool of ``processes`` workers.
+    What a rerun finds unchanged (the same prediction, probability and reference
+    files) is taken from each candidate folder's cache instead of being made or
+    scored again (:mod:`medseg.evaluation.cache`).
+    """
     labels = {v: n for v, n in plans["labels"]}
     cases = sorted({c for fold in splits["folds"] for c in fold["val"]})
     available = [c for c in plans["configurations"] if trained_folds(models, c)]
@@ -118,19 +135,16 @@ def select_model(
     for name in names:
         _gather(trained_folds(models, name), cv_dir / name, cases)
         candidates[name] = [name]
-    for a, b in itertools.combinations(names, 2):
-        key = f"ensemble_{a}__{b}"
-        _ensemble(trained_folds(models, a), trained_folds(models, b), cv_dir / key, cases)
-        candidates[key] = [a, b]
-    scores = {}
-    for key in candidates:
-        summary = evaluate_folder(cv_dir / key, refs, labels, processes=processes)
+    candidates.update(_ensembles(models, names, cv_dir, cases, processes))
+    scores = score_candidates(cv_dir, list(candidates), refs, labels, processes)
+    for key, summary in scores.items():
         write_summary(summary, cv_dir / key / "summary.json", cv_dir / key / "summary.csv")
-        scores[key] = summary
         log.info("%s: mean foreground Dice %.4f", key, summary["foreground_mean"]["dice"])
     best = max(candidates, key=lambda k: (scores[k]["foreground_mean"]["dice"],
                                           -len(candidates[k])))  # fmt: skip
-    postprocessing = choose_postprocessing(cv_dir / best, refs, labels, processes=processes)
+    postprocessing = choose_postprocessing(
+        cv_dir / best, refs, labels, processes=processes, cache=True
+    )
     return stamp({
         "chosen": best,
         "members": candidates[best],
