@@ -9,6 +9,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from medseg.core.layout import Results
+
 min_version("8.0")
 
 
@@ -29,7 +31,7 @@ if "3d_cascade_fullres" in config["configurations"]:
     )
 
 DATASET = str(Path(config["dataset"]))
-OUT = str(Path(config["output"]))
+R = Results(Path(config["output"]))  # every on-disk name of the results folder
 MEDSEG_ENV = "../envs/medseg.yaml"  # relative to pipelines/rules/
 
 
@@ -44,13 +46,13 @@ include: "pipelines/rules/predict.smk"
 rule all:
     default_target: True
     input:
-        f"{OUT}/dataset_check.json",
-        f"{OUT}/cv/selection.json",
-        f"{OUT}/model/model.json",
-        f"{OUT}/training_curves.png",
+        R.dataset_check,
+        R.selection,
+        R.model.model_json,
+        R.curves,
         test_targets(),
 
 
 onsuccess:
-    if Path(f"{OUT}/plans.json").exists():
-        shell(f"medseg summary {OUT}")
+    if R.plans.exists():
+        shell(f"medseg summary {R.root}")

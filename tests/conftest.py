@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The medseg command line, run as a real subprocess with this interpreter.
+MEDSEG = [sys.executable, "-m", "medseg.cli.main"]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DICOM = SHARED_DATA / "dicom"
+
+
+def run_medseg(*args, **kwargs) -> subprocess.CompletedProcess:
+    """``medseg ARGS`` as a user runs it (a subprocess), output captured as text."""
+    return subprocess.run([*MEDSEG, *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
 def _require(path: Path) -> Path:

@@ -1,25 +1,18 @@
 """The medseg command line, run as a real subprocess where it matters."""
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_medseg
 
 from medseg.cli.main import main
 from medseg.io import read_dicom_series
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "medseg.cli.main", *map(str, args)], capture_output=True, text=True
-    )
-
-
 def test_help_teaches_every_command():
-    result = run_cli("--help")
+    result = run_medseg("--help")
     assert result.returncode == 0
     import argparse
 
@@ -30,12 +23,12 @@ def test_help_teaches_every_command():
     assert len(names) == 16 and {"predict", "select", "export", "curves"} <= set(names)
     for command in names:
         assert command in result.stdout
-        sub = run_cli(command, "--help")
+        sub = run_medseg(command, "--help")
         assert sub.returncode == 0 and "Examples:" in sub.stdout
 
 
 def test_check_hippocampus_reports_200_valid(hippocampus):
-    result = run_cli("check", hippocampus, "-j", "2")
+    result = run_medseg("check", hippocampus, "-j", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "200 cases checked" in result.stdout and "200 valid" in result.stdout
 
@@ -44,7 +37,7 @@ def test_check_reports_problems_and_exits_nonzero(demo_module, tmp_path):
     root = demo_module.write_dataset(tmp_path / "d", 3, 0)
     (root / "labelsTr" / "demo_001.nii.gz").unlink()
     report = tmp_path / "report.json"
-    result = run_cli("check", root, "--report", report)
+    result = run_medseg("check", root, "--report", report)
     assert result.returncode == 1
     assert "demo_001: labelsTr/demo_001.nii.gz: file not found" in result.stdout
     assert "2 valid, 1 with 1 problem(s)" in result.stdout
@@ -52,7 +45,7 @@ def test_check_reports_problems_and_exits_nonzero(demo_module, tmp_path):
 
 
 def test_info_dicom_json(dicom_dir):
-    result = run_cli("info", dicom_dir / "ct_abdomen_jpeg2000", "--json")
+    result = run_medseg("info", dicom_dir / "ct_abdomen_jpeg2000", "--json")
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert facts["shape"] == [512, 512, 20]
@@ -62,7 +55,7 @@ def test_info_dicom_json(dicom_dir):
 
 
 def test_info_on_invalid_series_is_a_clear_error(dicom_dir):
-    result = run_cli("info", dicom_dir / "invalid_series" / "notavolume" / "001")
+    result = run_medseg("info", dicom_dir / "invalid_series" / "notavolume" / "001")
     assert result.returncode == 2
     assert "error:" in result.stderr and "not a volume" in result.stderr
     assert "Traceback" not in result.stderr
@@ -71,7 +64,7 @@ def test_info_on_invalid_series_is_a_clear_error(dicom_dir):
 def test_convert_dicom_to_nifti_keeps_geometry(dicom_dir, tmp_path):
     folder = dicom_dir / "mr_hippocampus_crop_study2"
     out = tmp_path / "study2.nii.gz"
-    result = run_cli("convert", folder, out)
+    result = run_medseg("convert", folder, out)
     assert result.returncode == 0, result.stderr
     vol, _ = read_dicom_series(folder)
     img = nib.load(out)
@@ -83,13 +76,13 @@ def test_convert_canonical_and_label(demo_dataset, tmp_path):
     src = demo_dataset / "labelsTr" / "demo_000.nii.gz"
     out = tmp_path / "lab.nrrd"
     assert main(["convert", str(src), str(out), "--label", "--canonical"]) == 0
-    result = run_cli("info", out, "--json")
+    result = run_medseg("info", out, "--json")
     facts = json.loads(result.stdout)
     assert facts["orientation"] == "RAS" and facts["values"] == [0, 1, 2]
 
 
 def test_missing_input_is_an_error_not_a_traceback(tmp_path):
-    result = run_cli("convert", tmp_path / "nope.nii.gz", tmp_path / "out.nii.gz")
+    result = run_medseg("convert", tmp_path / "nope.nii.gz", tmp_path / "out.nii.gz")
     assert result.returncode == 2
     assert "nope.nii.gz: file not found" in result.stderr
     assert not (tmp_path / "out.nii.gz").exists()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import openvino  # noqa: F401  (a dependency: a broken install fails here, never skips)
 import pytest
 import torch
+from conftest import MEDSEG
 
 from medseg.core.errors import InferenceError, UsageError
 from medseg.inference.bundle import export_model, load_model
@@ -73,7 +73,7 @@ def test_predict_engines_agree(model, demo_dataset, tmp_path):
     outputs = {}
     for engine in ("torch", "openvino"):
         out = tmp_path / engine
-        cmd = [sys.executable, "-m", "medseg.cli.main", "predict", "-m", model, "-i",
+        cmd = [*MEDSEG, "predict", "-m", model, "-i",
                demo_dataset / "imagesTs", "-o", out, "--formats", "nifti", "--device", "cpu",
                "--engine", engine, "--engine-cache", tmp_path / "cache"]  # fmt: skip
         r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_medseg
 
 from medseg.core.errors import OutputError
 from medseg.inference.inputs import (
@@ -180,9 +179,6 @@ def test_outputs_never_replace_any_channel_file(tmp_path):
 # -- predicting with the rule ---------------------------------------------------------------
 
 
-def medseg(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True)  # fmt: skip
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -201,7 +197,7 @@ def test_predict_a_two_channel_folder_in_the_nnunet_layout(demo_models, nnunet_t
                                                            tmp_path):  # fmt: skip
     model = two_channel_model(demo_models, tmp_path / "m")
     out = tmp_path / "out"
-    r = medseg("predict", "-m", model, "-i", nnunet_test_folder, "-o", out, "--device", "cpu",
+    r = run_medseg("predict", "-m", model, "-i", nnunet_test_folder, "-o", out, "--device", "cpu",
                "--engine", "torch", "--no-mirroring", "--formats", "nifti",
                "probabilities")  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
@@ -226,7 +222,7 @@ def test_a_one_channel_model_on_case_0000_names(demo_models, demo_module, tmp_pa
                          {"3d_fullres": {0: checkpoints["3d_fullres"][0]}})  # fmt: skip
     data = demo_module.write_dataset(tmp_path / "d", 0, 1, seed=2, layout="nnunet")
     out = tmp_path / "out"
-    r = medseg("predict", "-m", model, "-i", data / "imagesTs", "-o", out, "--device", "cpu",
+    r = run_medseg("predict", "-m", model, "-i", data / "imagesTs", "-o", out, "--device", "cpu",
                "--engine", "torch", "--no-mirroring")  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["demo_100.nii.gz"]

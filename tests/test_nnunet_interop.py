@@ -49,6 +49,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nnunet_model  # noqa: E402
+from conftest import MEDSEG
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +95,7 @@ def _dicom_as_nifti(series: Path, dest: Path) -> Path:
 
 def _medseg_predict(model: Path, inputs: list[Path], out: Path, formats: list[str],
                     *extra: str) -> list[dict]:  # fmt: skip
-    cmd = [sys.executable, "-m", "medseg.cli.main", "predict", "-m", str(model),
+    cmd = [*MEDSEG, "predict", "-m", str(model),
            "-i", *map(str, inputs), "-o", str(out), "--formats", *formats,
            "--device", "cpu", *extra]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}

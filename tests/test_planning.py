@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.core.records import CaseFacts, Fingerprint, RecordError, resolve_configuration
+from medseg.core.plans import Plans
+from medseg.core.records import CaseFacts, Fingerprint, RecordError
 from medseg.planning.memory import feature_map_voxels
 from medseg.planning.planner import PlannerSettings, _architecture, plan_experiment
 from medseg.planning.spacing import fullres_target_spacing, transpose_axes
@@ -87,18 +88,18 @@ def test_overrides_change_inputs_not_rules():
     fixed = plan_experiment(fp, PlannerSettings(patch_size={"3d_fullres": (40, 48, 56)}))
     config = fixed["configurations"]["3d_fullres"]
     assert config["patch_size"] == [40, 48, 56] and config["batch_size"] >= 2
-    assert resolve_configuration(fixed, "3d_fullres")["patch_size"] == [40, 48, 56]
+    assert Plans.of(fixed).resolve("3d_fullres")["patch_size"] == [40, 48, 56]
 
 
 def test_lowres_and_cascade_for_large_images():
     plans = plan_experiment(fingerprint((1.0, 1.0, 1.0), (400, 400, 400)))
     assert set(plans["configurations"]) == {"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"}
-    cascade = resolve_configuration(plans, "3d_cascade_fullres")
+    cascade = Plans.of(plans).resolve("3d_cascade_fullres")
     assert cascade["previous_stage"] == "3d_lowres"
     assert cascade["patch_size"] == plans["configurations"]["3d_fullres"]["patch_size"]
     assert plans["configurations"]["3d_lowres"]["next_stage"] == "3d_cascade_fullres"
     with pytest.raises(RecordError, match="no configuration 'nope'"):
-        resolve_configuration(plans, "nope")
+        Plans.of(plans).resolve("nope")
 
 
 def test_splits_are_complete_disjoint_and_reproducible():

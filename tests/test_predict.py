@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import run_medseg
 
 from medseg.inference.bundle import ModelError, export_model, load_model
 from medseg.inference.predict import PredictOptions, predict_volume
@@ -25,9 +24,6 @@ def trained(demo_models):
     return root, plans, checkpoints
 
 
-def medseg(*args):
-    return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True)  # fmt: skip
 
 
 def test_predict_files_keeps_input_geometry(trained, demo_dataset, tmp_path):
@@ -37,8 +33,9 @@ def test_predict_files_keeps_input_geometry(trained, demo_dataset, tmp_path):
     meta = json.loads((model / "model.json").read_text())
     assert meta["schema"] == "medseg.model" and meta["medseg_version"]
     out = tmp_path / "out"
-    r = medseg("predict", "-m", model, "-i", demo_dataset / "imagesTs", tmp_path / "missing.nii.gz",
-               "-o", out, "--formats", "nifti", "probabilities", "--device", "cpu")  # fmt: skip
+    missing = tmp_path / "missing.nii.gz"
+    r = run_medseg("predict", "-m", model, "-i", demo_dataset / "imagesTs", missing,
+                   "-o", out, "--formats", "nifti", "probabilities", "--device", "cpu")  # fmt: skip
     assert r.returncode == 1, r.stderr  # the missing input counts as a failure
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert [x["status"] for x in lines] == ["failed", "ok", "ok"]
@@ -56,7 +53,7 @@ def test_predict_files_keeps_input_geometry(trained, demo_dataset, tmp_path):
         assert np.all(probs.max(0)[differ] - top[differ] <= 2e-3)
     # resumable: a second run skips both cases and leaves their files alone
     stamp = (out / "demo_100.nii.gz").stat().st_mtime_ns
-    r = medseg(
+    r = run_medseg(
         "predict",
         "-m",
         model,

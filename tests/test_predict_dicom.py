@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_medseg
 from dicom_tools import dciodvfy_errors, require_dciodvfy
 
 from medseg.dataset import load_dataset
@@ -52,9 +51,6 @@ def hippocampus_model(tmp_path_factory, hippocampus):
     )
 
 
-def medseg(*args):
-    return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True)  # fmt: skip
 
 
 def test_dicom_series_to_nifti_and_dicom_seg(hippocampus_model, dicom_dir, tmp_path):
@@ -67,7 +63,7 @@ def test_dicom_series_to_nifti_and_dicom_seg(hippocampus_model, dicom_dir, tmp_p
     require_dciodvfy()
     out = tmp_path / "out"
     inputs = [dicom_dir / s for s in SERIES]
-    r = medseg("predict", "-m", hippocampus_model, "-i", *inputs, "-o", out, "--device", "cpu")
+    r = run_medseg("predict", "-m", hippocampus_model, "-i", *inputs, "-o", out, "--device", "cpu")
     assert r.returncode == 0, r.stdout + r.stderr
     for name in SERIES:
         volume, info = read_dicom_series(dicom_dir / name)
@@ -91,7 +87,7 @@ def test_batch_folder_with_invalid_series_continues(hippocampus_model, dicom_dir
                         ignore=shutil.ignore_patterns("*.nii.gz"))  # fmt: skip
     shutil.copytree(dicom_dir / "ct_abdomen_jpeg2000", hospital / "patient_b" / "ct")
     out = tmp_path / "out"
-    r = medseg("predict", "-m", hippocampus_model, "-i", hospital, "-o", out, "--device", "cpu",
+    r = run_medseg("predict", "-m", hippocampus_model, "-i", hospital, "-o", out, "--device", "cpu",
                "--formats", "nifti")  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import run_medseg
 
 from medseg.evaluation.metrics import read_summary
 from medseg.inference.bundle import load_model
@@ -70,22 +71,19 @@ def test_export_writes_the_selected_model(demo_models, demo_dataset, tmp_path):
     (tmp_path / "plans.json").write_text(json.dumps(plans))
     (tmp_path / "splits.json").write_text(json.dumps(splits))
 
-    def medseg(*args):
-        return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
-                              capture_output=True, text=True)  # fmt: skip
 
     cv = tmp_path / "cv"
-    r = medseg("select", root / "models", "--dataset", demo_dataset, "--plans",
+    r = run_medseg("select", root / "models", "--dataset", demo_dataset, "--plans",
                tmp_path / "plans.json", "--splits", tmp_path / "splits.json", "-o", cv,
                "--configurations", "3d_fullres", "-j", "1")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "model written" not in r.stdout and not (tmp_path / "model").exists()
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    r = medseg("export", root / "models", "--plans", tmp_path / "plans.json",
+    r = run_medseg("export", root / "models", "--plans", tmp_path / "plans.json",
                "--selection", bad, "-o", tmp_path / "model")  # fmt: skip
     assert r.returncode != 0 and "not a selection" in r.stderr and "bad.json" in r.stderr
-    r = medseg("export", root / "models", "--plans", tmp_path / "plans.json",
+    r = run_medseg("export", root / "models", "--plans", tmp_path / "plans.json",
                "--selection", cv / "selection.json", "-o", tmp_path / "model")  # fmt: skip
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "model" / "model.json").read_text())

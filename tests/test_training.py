@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import MEDSEG
 
 from medseg.dataset import load_dataset
 from medseg.fingerprint.extract import extract_fingerprint
@@ -63,7 +63,7 @@ def test_tiny_plan_learns(tiny, tmp_path):
 
 
 def _train_cmd(root: Path, out: Path, epochs: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "medseg.cli.main", "train", str(root / "pre"),
+    return [*MEDSEG, "train", str(root / "pre"),
             str(root / "plans.json"), str(root / "splits.json"), "--config", "3d_fullres",
             "--fold", "1", "-o", str(out), "--device", "cpu", "--epochs", str(epochs),
             "--iterations", "6", "--val-iterations", "2", "--workers", "1",
@@ -152,7 +152,7 @@ def test_train_cli_then_fold_validation_in_original_geometry(tiny, demo_dataset,
 
     root, plans, splits = tiny
     out = tmp_path / "fold0"
-    cmd = [sys.executable, "-m", "medseg.cli.main", "train", str(root / "pre"),
+    cmd = [*MEDSEG, "train", str(root / "pre"),
            str(root / "plans.json"), str(root / "splits.json"), "--config", "3d_fullres",
            "--fold", "0", "-o", str(out), "--device", "cpu", "--epochs", "1",
            "--iterations", "4", "--val-iterations", "1", "--workers", "1",
@@ -208,7 +208,7 @@ def test_validation_only_needs_a_finished_training(tiny, demo_dataset, tmp_path)
     first = json.loads(metrics.read_text())
     metrics.unlink()
     # the same stage on its own (the workflow's validate rule)
-    validate = [sys.executable, "-m", "medseg.cli.main", "validate", str(root / "pre"),
+    validate = [*MEDSEG, "validate", str(root / "pre"),
                 str(root / "plans.json"), str(root / "splits.json"), "--fold", "1",
                 "-o", str(tmp_path / "m"), "--device", "cpu", "--dataset", str(demo_dataset),
                 "--no-mirroring"]  # fmt: skip

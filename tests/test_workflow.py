@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import MEDSEG, ROOT
 
 from medseg.nets.checkpoint import load_checkpoint, model_weights
 
@@ -215,7 +215,7 @@ def test_summary_says_which_planned_configurations_were_trained(tmp_path):
     (tmp_path / "models" / "2d" / "fold_0").rmdir()
     (tmp_path / "models" / "2d").rmdir()
     assert trained_status(tmp_path, plans)["2d"] == "not trained"
-    result = subprocess.run([sys.executable, "-m", "medseg.cli.main", "summary", str(tmp_path)],
+    result = subprocess.run([*MEDSEG, "summary", str(tmp_path)],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines()

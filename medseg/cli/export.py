@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, out
+from medseg.core.plans import Plans
 
 HELP = "write the deployable model folder chosen by 'medseg select'"
 EPILOG = """\
@@ -29,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL_DIR")
 
 
-def export_selection(models: Path, plans: dict, selection: dict, model_dir: Path) -> Path:
+def export_selection(models: Path, plans: Plans, selection: dict, model_dir: Path) -> Path:
     """Write the model folder for ``selection`` (members, postprocessing, CV scores)."""
     from medseg.evaluation.select import member_records
     from medseg.inference.bundle import export_model
@@ -45,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from medseg.core.errors import RecordError
-    from medseg.core.records import PLANS_SCHEMA, read_record
+    from medseg.core.plans import read_plans
     from medseg.io.guard import refuse_overlap
 
     refuse_overlap([args.models, args.plans, args.selection], args.output, replaces=True)
-    plans = read_record(args.plans, PLANS_SCHEMA)
+    plans = read_plans(args.plans)
     try:
         selection = json.loads(args.selection.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

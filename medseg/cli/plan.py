@@ -11,6 +11,7 @@ from rich.table import Table
 
 from medseg.cli.console import add_command, out
 from medseg.core.errors import PlanError, UsageError
+from medseg.core.layout import configurations_path
 from medseg.core.plans import Plans
 from medseg.core.records import FINGERPRINT_SCHEMA, Fingerprint, read_record
 from medseg.io.atomic import write_text_atomic
@@ -23,7 +24,9 @@ Decides what nnU-Net v2 decides, the same way: target spacing (median, with the
 anisotropy rule), axis transpose, normalization per channel, the U-Net topology,
 patch and batch size from a GPU memory budget, and which configurations exist
 (2d, 3d_fullres, and 3d_lowres + 3d_cascade_fullres for large images).
-Overrides change the inputs of those rules, never the code.
+Overrides change the inputs of those rules, never the code. Beside the plans
+(PLANS.json) it writes configurations.json: which configurations have their own
+preprocessed data and which medseg trains (what the workflow runs).
 
 Examples:
   medseg plan fp.json -o plans.json                       # nnU-Net's defaults (8 GB)
@@ -105,6 +108,7 @@ def plans_table(plans: Plans | Mapping, trained: dict[str, str] | None = None) -
 
 def run(args: argparse.Namespace) -> int:
     refuse_overlap([args.fingerprint], args.output)
+    refuse_overlap([args.fingerprint], configurations_path(args.output))
     fp = Fingerprint.from_dict(
         read_record(args.fingerprint, FINGERPRINT_SCHEMA), str(args.fingerprint)
     )
@@ -122,9 +126,12 @@ def run(args: argparse.Namespace) -> int:
         plans_name=args.plans_name,
     )
     plans = plan_experiment(fp, settings)
-    if not plans["configurations"]:
+    if not Plans.of(plans).configurations:
         raise PlanError("no configuration planned: check --configurations against the data")
     write_text_atomic(args.output, json.dumps(plans, indent=1) + "\n")
+    stages = configurations_path(args.output)  # what the workflow preprocesses and trains
+    write_text_atomic(stages, json.dumps(Plans.of(plans).stages_record(), indent=1) + "\n")
     out.print(plans_table(plans))
-    out.print(f"plans written to {args.output}", highlight=False)
+    out.print(f"plans written to {args.output} (and {stages.name} beside it: what to "
+              "preprocess and train)", highlight=False)  # fmt: skip
     return 0

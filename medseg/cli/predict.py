@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
+from medseg.core.layout import PredictionDir
 from medseg.core.options import Blend, Engine, OutputFormat, values
 
 HELP = "segment volumes or DICOM series with a trained model (NIfTI and DICOM-SEG out)"
@@ -195,5 +196,5 @@ def _predict(args, bundle, device, engine: str, inputs) -> int:
     out.print(_summary_table(result.records))
     counts = {s: sum(r["status"] == s for r in result.records) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-              f"manifest: {args.output / 'manifest.jsonl'}", highlight=False)  # fmt: skip
+              f"manifest: {PredictionDir(args.output).manifest}", highlight=False)  # fmt: skip
     return 1 if counts["failed"] else 0

@@ -74,12 +74,13 @@ def run_qc(args: argparse.Namespace) -> int:
 
 
 def run_curves(args: argparse.Namespace) -> int:
+    from medseg.core.layout import FoldDir
     from medseg.evaluation.figures import training_curves
     from medseg.io.guard import refuse_overlap
 
     refuse_overlap([args.models], args.output)
     histories = {}
-    for log in sorted(args.models.glob("*/fold_*/training_log.jsonl")):
+    for log in sorted(args.models.glob(f"*/fold_*/{FoldDir(Path()).training_log}")):
         name = f"{log.parent.parent.name} {log.parent.name}"
         histories[name] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     training_curves(histories, args.output)

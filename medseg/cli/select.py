@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from medseg.cli.export import export_selection
-    from medseg.core.records import PLANS_SCHEMA, SPLITS_SCHEMA, read_record
+    from medseg.core.layout import CvDir
+    from medseg.core.plans import read_plans
+    from medseg.core.records import SPLITS_SCHEMA, read_record
     from medseg.dataset.layout import load_dataset
     from medseg.evaluation.select import select_model, write_selection
     from medseg.io.guard import refuse_overlap
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_overlap(inputs, args.output)
     if args.model:
         refuse_overlap(inputs + [args.output], args.model, replaces=True)
-    plans = read_record(args.plans, PLANS_SCHEMA)
+    plans = read_plans(args.plans)
     splits = read_record(args.splits, SPLITS_SCHEMA)
     selection = select_model(
         args.models,
@@ -66,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.model:
         export_selection(args.models, plans, selection, args.model)
-    write_selection(selection, args.output / "selection.json")
-    names = [n for _, n in plans["labels"]][1:]
+    write_selection(selection, CvDir(args.output).selection)
+    foreground = [(v, n) for v, n in plans.labels.pairs if v != 0]
+    names = [n for _, n in foreground]
     table = Table(title=f"cross-validation ({selection['cases']} cases): mean Dice")
     for col in ("candidate", *names, "foreground"):
         table.add_column(col)
     for key, c in selection["candidates"].items():
-        per_label = [f"{c['mean'][str(v)]['dice']:.4f}" for v, _ in plans["labels"][1:]]
+        per_label = [f"{c['mean'][str(v)]['dice']:.4f}" for v, _ in foreground]
         mark = " *" if key == selection["chosen"] else ""
         table.add_row(key + mark, *per_label, f"{c['foreground_dice']:.4f}")
     out.print(table)

@@ -10,7 +10,11 @@ from pathlib import Path
 from rich.table import Table
 
 from medseg.cli.console import add_command, out
+from medseg.core.layout import PREPROCESS_SUMMARY, FoldDir, Results, fold_name
 from medseg.core.plans import Plans
+
+#: Names inside any fold folder, relative to it (for globbing across folds).
+IN_FOLD = FoldDir(Path())
 
 HELP = "summarise a workflow results folder (data, plans, cross-validation, model, test)"
 EPILOG = """\
@@ -43,25 +47,26 @@ def _stages(results: Path) -> Table:
     table = Table(title=f"medseg results in {results}")
     table.add_column("stage")
     table.add_column("result")
-    check = _read(results / "dataset_check.json")
+    r = Results(results)
+    check = _read(r.dataset_check)
     if check:
         table.add_row("dataset", f"{check['n_valid']} of {check['n_cases']} cases valid "
                       f"({check['dataset']})")  # fmt: skip
-    fp = _read(results / "fingerprint.json")
+    fp = _read(r.fingerprint)
     if fp:
         excluded = f", {len(fp['excluded'])} excluded" if fp.get("excluded") else ""
         table.add_row("fingerprint", f"{len(fp['cases'])} cases{excluded}, channels "
                       f"{', '.join(fp['channel_names'])}")  # fmt: skip
-    splits = _read(results / "splits.json")
+    splits = _read(r.splits)
     if splits:
         sizes = "/".join(str(len(f["val"])) for f in splits["folds"])
         table.add_row("splits", f"{len(splits['folds'])} folds, validation cases {sizes}")
-    for folder in sorted((results / "preprocessed").glob("*")):
-        done = _read(folder / "preprocess.json")
+    for folder in sorted(r.preprocessed("*").parent.glob("*")):
+        done = _read(folder / PREPROCESS_SUMMARY)
         if done:
             table.add_row(f"preprocessed {folder.name}",
                           f"{len(done['cases'])} cases in {done['seconds']} s")  # fmt: skip
-    for metrics in sorted((results / "models").glob("*/fold_*/validation/metrics.json")):
+    for metrics in sorted(r.models.glob(f"*/fold_*/{IN_FOLD.validation_metrics}")):
         m = _read(metrics)
         if m:
             dice = ", ".join(f"{k} {_fmt(v)}" for k, v in m["mean_dice"].items())
@@ -75,14 +80,15 @@ def trained_status(results: Path, plans: Plans | Mapping) -> dict[str, str]:
     split's folds have a final checkpoint (``models/<config>/fold_<k>/checkpoint_final
     .safetensors``), or why none has."""
     plans = Plans.of(plans)
-    splits = _read(results / "splits.json")
+    r = Results(results)
+    splits = _read(r.splits)
     n_folds = len(splits["folds"]) if splits and isinstance(splits.get("folds"), list) else None
     status = {}
     for name in plans.configurations:
-        folder = results / "models" / name
-        done = {p.parent.name for p in folder.glob("fold_*/checkpoint_final.safetensors")}
+        folder = r.models / name
+        done = {p.parent.name for p in folder.glob(f"fold_*/{IN_FOLD.checkpoint()}")}
         if n_folds is not None:
-            done &= {f"fold_{k}" for k in range(n_folds)}
+            done &= {fold_name(k) for k in range(n_folds)}
         if done or folder.is_dir():  # a fold started but none finished reads "0 of K folds"
             status[name] = f"{len(done)} of {n_folds} folds" if n_folds else f"{len(done)} fold(s)"
         elif plans.configuration(name).previous_stage:
@@ -110,16 +116,17 @@ def _fmt(value) -> str:
 
 
 def _outputs(results: Path, selection: dict | None) -> Table:
+    r = Results(results)
     table = Table(title="outputs", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("where")
     if selection:
         steps = selection["postprocessing"]["steps"]
         post = ", ".join(f"{s['method']} {s['classes'] or 'all foreground'}" for s in steps)
-        table.add_row("model", f"{results / 'model'} ({selection['chosen']}; postprocessing: "
+        table.add_row("model", f"{r.model.root} ({selection['chosen']}; postprocessing: "
                       f"{post or 'none'})")  # fmt: skip
-    test = _read(results / "predictions" / "summary.json")
-    manifest = results / "predictions" / "manifest.jsonl"
+    test = _read(r.predictions.summary)
+    manifest = r.predictions.manifest
     if manifest.exists():
         lines = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
         ok = sum(r["status"] == "ok" for r in lines)
@@ -129,9 +136,9 @@ def _outputs(results: Path, selection: dict | None) -> Table:
                                   for k, m in test["mean"].items())  # fmt: skip
             detail += f"; test Dice {per_label}"
         table.add_row("test predictions", f"{manifest.parent} ({detail})")
-    for name, path in (("QC overlays", "qc.png"), ("training curves", "training_curves.png")):
-        if (results / path).exists():
-            table.add_row(name, str(results / path))
+    for name, path in (("QC overlays", r.qc), ("training curves", r.curves)):
+        if path.exists():
+            table.add_row(name, str(path))
     return table
 
 
@@ -139,11 +146,12 @@ def run(args: argparse.Namespace) -> int:
     from medseg.cli.plan import plans_table
 
     out.print(_stages(args.results))
-    document = _read(args.results / "plans.json")
-    plans = Plans.from_dict(document, str(args.results / "plans.json")) if document else None
+    r = Results(args.results)
+    document = _read(r.plans)
+    plans = Plans.from_dict(document, str(r.plans)) if document else None
     if plans:
         out.print(plans_table(plans, trained_status(args.results, plans)))
-    selection = _read(args.results / "cv" / "selection.json")
+    selection = _read(r.selection)
     if selection and plans:
         out.print(_cv_table(selection, plans))
     out.print(_outputs(args.results, selection))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.core.errors import RecordError
-from medseg.core.records import PLANS_SCHEMA, check_schema, read_record
+from medseg.core.records import PLANS_SCHEMA, STAGES_SCHEMA, check_schema, read_record, stamp
 
 #: The readers whose volumes are reoriented to canonical RAS (medseg's own plans).
 REORIENTING_READERS = ("NibabelIOWithReorient",)
@@ -231,6 +231,24 @@ class Plans:
             seen.add(parent)
             merged = {**configs[parent], **merged}
         return copy.deepcopy(merged)
+
+    @property
+    def preprocessed_configurations(self) -> tuple[str, ...]:
+        """Configurations with preprocessed data of their own (a cascade stage that
+        inherits from 3d_fullres reads 3d_fullres's)."""
+        configs = self.raw["configurations"]
+        return tuple(n for n in self.configurations if "inherits_from" not in configs[n])
+
+    @property
+    def trainable_configurations(self) -> tuple[str, ...]:
+        """Configurations medseg trains (a cascade's second stage not yet: issue 12)."""
+        return tuple(n for n in self.configurations if not self.configuration(n).previous_stage)
+
+    def stages_record(self) -> dict:
+        """What the workflow preprocesses and trains, as the record ``medseg plan`` writes
+        beside the plans (so the workflow never reads the plans' internals)."""
+        return stamp({"preprocess": list(self.preprocessed_configurations),
+                      "train": list(self.trainable_configurations)}, STAGES_SCHEMA)  # fmt: skip
 
     def to_dict(self) -> dict:
         """The plans JSON (a copy)."""

@@ -20,6 +20,8 @@ from medseg.core.errors import RecordError
 FINGERPRINT_SCHEMA = ("medseg.fingerprint", 1)
 PLANS_SCHEMA = ("medseg.plans", 1)
 SPLITS_SCHEMA = ("medseg.splits", 1)
+#: Which planned configurations the workflow preprocesses and trains (``medseg plan``).
+STAGES_SCHEMA = ("medseg.configurations", 1)
 #: One preprocessed case: the steps applied, in order (see medseg.preprocessing.pipeline).
 CASE_SCHEMA = ("medseg.case", 2)
 
@@ -129,24 +131,6 @@ class Fingerprint:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise RecordError(f"{where}: malformed fingerprint ({type(e).__name__}: {e})") from e
-
-
-def resolve_configuration(plans: dict, name: str) -> dict:
-    """The configuration ``name`` of a plans record with ``inherits_from`` resolved."""
-    configs = plans.get("configurations", {})
-    if name not in configs:
-        raise RecordError(
-            f"the plans have no configuration {name!r}; available: {', '.join(configs) or 'none'}"
-        )
-    config = dict(configs[name])
-    seen = {name}
-    while "inherits_from" in config:
-        parent = config.pop("inherits_from")
-        if parent in seen or parent not in configs:
-            raise RecordError(f"configuration {name!r} inherits from unknown or cyclic {parent!r}")
-        seen.add(parent)
-        config = {**configs[parent], **config}
-    return config
 
 
 def default_mirror_axes(patch_size) -> tuple[int, ...]:

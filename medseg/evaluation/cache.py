@@ -20,11 +20,12 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from medseg.core.layout import CASE_CACHE
 from medseg.io.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_NAME = "case_cache.json"
+CACHE_NAME = CASE_CACHE
 CACHE_SCHEMA = ("medseg.case_cache", 1)
 #: Bumped whenever what is cached, or how it is computed, changes.
 CACHE_VERSION = 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.errors import EvaluationError
+from medseg.core.layout import FoldDir
 from medseg.core.parallel import parallel_map
 from medseg.core.volume import Volume
 from medseg.evaluation.cache import CaseCache, code_versions, file_identity
@@ -55,7 +56,7 @@ def probability_files(folds: Mapping, configuration: str, cases: list[str]) -> d
     found: dict[str, Path] = {}
     for folder in folds.values():
         for case in cases:
-            path = Path(folder) / "validation" / f"{case}.npz"
+            path = FoldDir(Path(folder)).validation_probabilities(case)
             if case not in found and path.is_file():
                 found[case] = path
     absent = [case for case in cases if case not in found]

@@ -24,10 +24,13 @@ import itertools
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from medseg.core.errors import EvaluationError
-from medseg.core.records import resolve_configuration, stamp
+from medseg.core.layout import CvDir, FoldDir
+from medseg.core.plans import Plans
+from medseg.core.records import stamp
 from medseg.dataset.layout import DatasetSpec
 from medseg.evaluation.ensemble import make_ensembles, probability_files
 from medseg.evaluation.metrics import evaluate_folders, to_json_value, write_summary
@@ -43,7 +46,8 @@ def trained_folds(models: Path, configuration: str) -> dict[int | str, Path]:
     """``{fold: fold folder}`` of a configuration with a final checkpoint and validation."""
     folds = {}
     for folder in sorted(Path(models, configuration).glob("fold_*")):
-        if (folder / "checkpoint_final.safetensors").exists() and (folder / "validation").is_dir():
+        fold = FoldDir(folder)
+        if fold.checkpoint().exists() and fold.validation.is_dir():
             key = folder.name.split("_", 1)[1]
             folds[int(key) if key.isdigit() else key] = folder
     return folds
@@ -69,7 +73,7 @@ def _gather(folds: dict, out: Path, cases: list[str]) -> None:
     """Link each case's CV prediction (from whichever fold validated it) into ``out``."""
     found = {}
     for folder in folds.values():
-        for f in (folder / "validation").glob("*.nii.gz"):
+        for f in FoldDir(folder).validation.glob("*.nii.gz"):
             found[f.name[: -len(".nii.gz")]] = f
     missing = sorted(set(cases) - set(found))
     if missing:
@@ -107,7 +111,7 @@ def score_candidates(
 def select_model(
     models: Path,
     spec: DatasetSpec,
-    plans: dict,
+    plans: Plans | Mapping,
     splits: dict,
     cv_dir: Path,
     *,
@@ -121,13 +125,14 @@ def select_model(
     files) is taken from each candidate folder's cache instead of being made or
     scored again (:mod:`medseg.evaluation.cache`).
     """
-    labels = {v: n for v, n in plans["labels"]}
+    plans = Plans.of(plans)
+    labels = plans.labels.names
     cases = sorted({c for fold in splits["folds"] for c in fold["val"]})
-    available = [c for c in plans["configurations"] if trained_folds(models, c)]
+    available = [c for c in plans.configurations if trained_folds(models, c)]
     names = [c for c in (configurations or available) if c in available]
     if not names:
         raise EvaluationError(f"{models}: no trained and validated configuration found")
-    refs = cv_dir / "references"
+    refs = CvDir(cv_dir).references
     _drop_stale(refs, cases)
     for case in cases:
         _link(spec.case(case).label, refs / f"{case}.nii.gz")
@@ -138,7 +143,7 @@ def select_model(
     candidates.update(_ensembles(models, names, cv_dir, cases, processes))
     scores = score_candidates(cv_dir, list(candidates), refs, labels, processes)
     for key, summary in scores.items():
-        write_summary(summary, cv_dir / key / "summary.json", cv_dir / key / "summary.csv")
+        write_summary(summary, CvDir(cv_dir).summary(key), CvDir(cv_dir).summary_csv(key))
         log.info("%s: mean foreground Dice %.4f", key, summary["foreground_mean"]["dice"])
     best = max(candidates, key=lambda k: (scores[k]["foreground_mean"]["dice"],
                                           -len(candidates[k])))  # fmt: skip
@@ -161,20 +166,21 @@ def select_model(
     }, SELECTION_SCHEMA)  # fmt: skip
 
 
-def member_records(plans: dict, models: Path, names: list[str]) -> tuple[list[dict], dict]:
+def member_records(
+    plans: Plans | Mapping, models: Path, names: list[str]
+) -> tuple[list[dict], dict]:
     """Model members (cascades with their previous stage) and the checkpoints they need."""
+    plans = Plans.of(plans)
     members, checkpoints = [], {}
     for name in names:
         folds = trained_folds(models, name)
         record = {"configuration": name, "folds": sorted(folds, key=str)}
-        checkpoints[name] = {k: f / "checkpoint_final.safetensors" for k, f in folds.items()}
-        previous = resolve_configuration(plans, name).get("previous_stage")
+        checkpoints[name] = {k: FoldDir(f).checkpoint() for k, f in folds.items()}
+        previous = plans.configuration(name).previous_stage
         if previous:
             prev_folds = trained_folds(models, previous)
             record["previous"] = {"configuration": previous, "folds": sorted(prev_folds, key=str)}
-            checkpoints[previous] = {
-                k: f / "checkpoint_final.safetensors" for k, f in prev_folds.items()
-            }
+            checkpoints[previous] = {k: FoldDir(f).checkpoint() for k, f in prev_folds.items()}
         members.append(record)
     return members, checkpoints
 

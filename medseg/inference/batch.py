@@ -28,6 +28,7 @@ from pathlib import Path
 
 from medseg.core.crash import internal_error_message, write_crash_report
 from medseg.core.errors import MedsegError
+from medseg.core.layout import PredictionDir
 from medseg.core.options import OutputFormat
 from medseg.inference.inputs import CaseInput, outputs_for
 
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BatchResult", "BatchSettings", "WorkerModel", "run_batch"]
 
-MANIFEST = "manifest.jsonl"
-#: Hidden ledger of the output files medseg claimed in a folder before writing them, so a
-#: rerun after a crash may replace them while any other file there is never overwritten.
-CLAIMS = ".medseg-claims"
 
 
 @dataclass(frozen=True)
@@ -65,16 +62,17 @@ def owned_outputs(out: Path) -> frozenset[str]:
     not released (a failed case releases its paths), or outputs of finished cases in the
     manifest (folders written before the ledger existed)."""
     owned: set[str] = set()
-    if (out / MANIFEST).is_file():
-        for line in (out / MANIFEST).read_text("utf-8").splitlines():
+    folder = PredictionDir(out)
+    if folder.manifest.is_file():
+        for line in folder.manifest.read_text("utf-8").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a killed run
             if isinstance(record, dict) and record.get("status") in ("ok", "skipped"):
                 owned.update(record.get("outputs", {}).values())
-    if (out / CLAIMS).is_file():
-        for line in (out / CLAIMS).read_text("utf-8").splitlines():
+    if folder.claims.is_file():
+        for line in folder.claims.read_text("utf-8").splitlines():
             if line.startswith("-"):
                 owned.discard(line[1:])
             elif line:
@@ -84,7 +82,7 @@ def owned_outputs(out: Path) -> frozenset[str]:
 
 def _ledger(out: Path, paths: dict[str, Path], sign: str) -> None:
     """Claim (``+``) or release (``-``) ``paths`` in the ledger, one durable line each."""
-    with open(out / CLAIMS, "a", encoding="utf-8") as ledger:
+    with open(PredictionDir(out).claims, "a", encoding="utf-8") as ledger:
         ledger.write("".join(f"{sign}{p.resolve()}\n" for p in paths.values()))
         ledger.flush()
         os.fsync(ledger.fileno())
@@ -202,7 +200,7 @@ def _foreign(paths: dict[str, Path], owned: frozenset[str]) -> str | None:
     if not taken:
         return None
     return (
-        f"{taken[0]}: exists and was not written by medseg predict (not in {MANIFEST}); "
+        f"{taken[0]}: exists and was not written by medseg predict (not in manifest.jsonl); "
         "medseg never overwrites it. Move it away or choose another output folder."
     )
 
@@ -308,7 +306,7 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     run_id = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = BatchResult()
-    with open(out / MANIFEST, "a", encoding="utf-8") as manifest:
+    with open(PredictionDir(out).manifest, "a", encoding="utf-8") as manifest:
         for bad in unusable:
             record = {"run": run_id, "case_id": None, "input": bad["input"],
                       "inputs": [bad["input"]], "series_uid": None, "outputs": {},

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from medseg import __version__
 from medseg.core.errors import ModelError
+from medseg.core.layout import ModelFolder, NnunetResultsDir
 from medseg.core.plans import Configuration, Plans
 from medseg.core.records import stamp
 from medseg.inference.model_check import (
@@ -88,7 +89,7 @@ def export_model(
     metadata only are kept: it is copied as is; training state is small beside them).
     """
     out, plans = Path(out), Plans.of(plans)
-    with atomic_dir(out, "medseg model folder", recognize="model.json") as tmp:
+    with atomic_dir(out, "medseg model folder", recognize=ModelFolder(out).model_json.name) as tmp:
         needed = _needed(members)
         for configuration, folds in needed.items():
             plans.configuration(configuration)
@@ -110,8 +111,8 @@ def export_model(
             "postprocessing": postprocessing,
             "cross_validation": cross_validation,
         }, MODEL_SCHEMA)  # fmt: skip
-        (tmp / "model.json").write_text(json.dumps(record, indent=1) + "\n")
-        (tmp / "plans.json").write_text(plans.to_json())
+        ModelFolder(tmp).model_json.write_text(json.dumps(record, indent=1) + "\n")
+        ModelFolder(tmp).plans_json.write_text(plans.to_json())
     return out
 
 
@@ -140,7 +141,7 @@ def _load_member(root: Path, plans: Plans, record: dict, folds, device) -> Membe
         previous = _load_member(root, plans, record["previous"], folds, device)
     n_in = config.input_channels(plans.n_channels, plans.labels)
     member = Member(configuration, config, use, mirror_axes=config.mirror_axes, previous=previous)
-    where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
+    where = f"{ModelFolder(root).plans_json}: configurations.{configuration}.architecture"
     for fold in use:
         network = build_checked_network(config.architecture, n_in, plans.labels.n_classes, where)
         load_checked_weights(network, weight_path(root, configuration, fold))
@@ -158,8 +159,9 @@ def load_model(path: Path, device="cpu", folds: list | None = None) -> ModelBund
     root = Path(path)
     if not root.is_dir():
         raise ModelError(f"{root}: not a model folder")
-    if not (root / "model.json").exists():
-        if (root / "plans.json").exists() and (root / "dataset.json").exists():
+    if not ModelFolder(root).model_json.exists():
+        nnunet = NnunetResultsDir(root)
+        if nnunet.plans_json.exists() and nnunet.dataset_json.exists():
             from medseg.inference.nnunet_model import load_nnunet_model
 
             return load_nnunet_model(root, device, folds)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg.core.errors import OutputError
+from medseg.core.layout import PredictionDir
 from medseg.core.options import OutputFormat
 from medseg.io.atomic import full_suffix
 from medseg.io.guard import refuse_colliding, refuse_overlap
@@ -226,12 +227,13 @@ def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
     paths = {}
     if case.problem:
         return paths
+    folder = PredictionDir(Path(out))
     if OutputFormat.NIFTI in formats:
-        paths[OutputFormat.NIFTI.value] = out / f"{case.case_id}.nii.gz"
+        paths[OutputFormat.NIFTI.value] = folder.label(case.case_id)
     if OutputFormat.DICOM_SEG in formats and case.is_dicom:
-        paths[OutputFormat.DICOM_SEG.value] = out / f"{case.case_id}.seg.dcm"
+        paths[OutputFormat.DICOM_SEG.value] = folder.dicom_seg(case.case_id)
     if OutputFormat.PROBABILITIES in formats:
-        paths[OutputFormat.PROBABILITIES.value] = out / f"{case.case_id}_probabilities.npz"
+        paths[OutputFormat.PROBABILITIES.value] = folder.probabilities(case.case_id)
     return paths
 
 

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from medseg.core.errors import CheckpointError, MedsegError, ModelError, RecordError
+from medseg.core.layout import ModelFolder, NnunetResultsDir
 from medseg.core.plans import Configuration, Plans
 from medseg.core.records import PLANS_SCHEMA, check_schema
 
@@ -147,7 +148,7 @@ def member_parts(member: dict, field: str) -> Iterator[tuple[str, dict]]:
 
 def weight_path(root: Path, configuration: str, fold: int | str) -> Path:
     """Where a medseg model folder keeps the weights of one fold."""
-    return Path(root) / configuration / f"fold_{fold}.safetensors"
+    return ModelFolder(Path(root)).weights(configuration, fold)
 
 
 def typed_plans(document: dict, plans_json: Path, fix: str) -> Plans:
@@ -162,16 +163,17 @@ def read_model_folder(root: Path) -> tuple[dict, Plans]:
     """``model.json`` and ``plans.json`` of a medseg model folder, checked: the schema,
     then every cross-check short of loading the weights."""
     root = Path(root)
-    meta = _read_record(root / "model.json", MODEL_SCHEMA, "model")
-    document = _read_record(root / "plans.json", PLANS_SCHEMA, "medseg_plans")
-    plans = typed_plans(document, root / "plans.json", MEDSEG_FIX)
+    folder = ModelFolder(root)
+    meta = _read_record(folder.model_json, MODEL_SCHEMA, "model")
+    document = _read_record(folder.plans_json, PLANS_SCHEMA, "medseg_plans")
+    plans = typed_plans(document, folder.plans_json, MEDSEG_FIX)
     check_model(root, meta, plans)
     return meta, plans
 
 
 def check_model(root: Path, meta: dict, plans: Plans) -> None:
     """Cross-checks of a schema-valid model.json against its plans.json and weight files."""
-    model_json, plans_json = root / "model.json", root / "plans.json"
+    model_json, plans_json = ModelFolder(root).model_json, ModelFolder(root).plans_json
     check_labels(meta["labels"], f"{model_json}: labels", MEDSEG_FIX)
     in_plans = {"labels": plans.labels.to_list(), "channel_names": list(plans.channel_names)}
     for key, theirs in in_plans.items():
@@ -317,7 +319,8 @@ def load_checked_weights(network, path: Path) -> None:
 
 def read_nnunet_files(root: Path) -> tuple[dict, dict]:
     """``plans.json`` and ``dataset.json`` of an nnU-Net v2 results folder, checked."""
-    plans_json, dataset_json = Path(root) / "plans.json", Path(root) / "dataset.json"
+    folder = NnunetResultsDir(root)
+    plans_json, dataset_json = folder.plans_json, folder.dataset_json
     plans = read_json(plans_json, NNUNET_FIX)
     dataset = read_json(dataset_json, NNUNET_FIX)
     require_valid(plans, "nnunet_plans", plans_json, NNUNET_FIX)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.core.errors import CheckpointError
+from medseg.core.layout import NnunetResultsDir
 from medseg.core.plans import Configuration, Plans
 from medseg.inference.bundle import Member, ModelBundle, ModelError
 from medseg.inference.model_check import (
@@ -24,8 +25,6 @@ from medseg.inference.model_check import (
     read_nnunet_files,
     typed_plans,
 )
-
-CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 
 
 def nnunet_plans(plans: dict, dataset: dict, where: str = "dataset.json") -> dict:
@@ -45,10 +44,10 @@ def nnunet_plans(plans: dict, dataset: dict, where: str = "dataset.json") -> dic
 
 
 def _checkpoint(fold_dir: Path) -> Path:
-    for name in CHECKPOINTS:
+    for name in NnunetResultsDir.CHECKPOINTS:
         if (fold_dir / name).exists():
             return fold_dir / name
-    raise ModelError(f"{fold_dir}: no {' or '.join(CHECKPOINTS)}")
+    raise ModelError(f"{fold_dir}: no {' or '.join(NnunetResultsDir.CHECKPOINTS)}")
 
 
 def _network(plans: dict, config: dict, path: Path, device, where: str):
@@ -82,13 +81,13 @@ def _checked_plans(root: Path) -> tuple[Plans, str, Configuration]:
     """The folder's plans (with labels and channels), its configuration's name and entry,
     checked: every problem is a ModelError naming plans.json or dataset.json and the field."""
     document, dataset = read_nnunet_files(root)
-    dataset_json = root / "dataset.json"
-    document = nnunet_plans(document, dataset, str(dataset_json))
-    check_labels(document["labels"], f"{dataset_json}: labels", NNUNET_FIX)
-    plans = typed_plans(document, root / "plans.json", NNUNET_FIX)
+    folder = NnunetResultsDir(root)
+    document = nnunet_plans(document, dataset, str(folder.dataset_json))
+    check_labels(document["labels"], f"{folder.dataset_json}: labels", NNUNET_FIX)
+    plans = typed_plans(document, folder.plans_json, NNUNET_FIX)
     configuration = root.name.split("__")[-1]
     referrer = f"{root}: the folder name's configuration"
-    config = check_configuration(plans, configuration, root / "plans.json", referrer, NNUNET_FIX)
+    config = check_configuration(plans, configuration, folder.plans_json, referrer, NNUNET_FIX)
     return plans, configuration, config
 
 
@@ -98,16 +97,16 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
     plans, configuration, config = _checked_plans(root)
     if config.previous_stage:
         raise ModelError(f"{root}: nnU-Net cascade models are not supported yet")
-    available = sorted(p.name.split("_", 1)[1] for p in root.glob("fold_*") if p.is_dir())
+    available = NnunetResultsDir(root).folds()
     use = [str(f) for f in folds] if folds else available
     missing = sorted(set(use) - set(available))
     if not use or missing:
         raise ModelError(f"{root}: folds {missing or use} not found (available: {available})")
     member = Member(configuration, config, [int(f) if f.isdigit() else f for f in use],
                     mirror_axes=config.mirror_axes)  # fmt: skip
-    where = f"{root / 'plans.json'}: configurations.{configuration}.architecture"
+    where = f"{NnunetResultsDir(root).plans_json}: configurations.{configuration}.architecture"
     for fold in use:
-        path = _checkpoint(root / f"fold_{fold}")
+        path = _checkpoint(NnunetResultsDir(root).fold(fold))
         network, axes = _network(plans, config, path, device, where)
         member.networks.append(network)
         if axes is not None:

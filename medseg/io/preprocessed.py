@@ -25,6 +25,7 @@ import blosc2
 import numpy as np
 
 from medseg.core.errors import RecordError
+from medseg.core.layout import PreprocessedDir
 from medseg.core.records import CASE_SCHEMA, read_record
 
 MAX_CHUNK_BYTES = 8 * 1024**2
@@ -79,28 +80,30 @@ def write_case(
     atomically when all cases are done (see ``medseg.prepare.preprocess``).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    _write_array(data.astype(np.float32, copy=False), folder / f"{case_id}.b2nd", patch_size)
-    _write_array(seg, folder / f"{case_id}_seg.b2nd", patch_size)
+    store = PreprocessedDir(folder)
+    _write_array(data.astype(np.float32, copy=False), store.image(case_id), patch_size)
+    _write_array(seg, store.seg(case_id), patch_size)
     flat = {
         f"class_{c}": np.sort(np.ravel_multi_index(tuple(v.T), seg.shape)).astype(np.int64)
         for c, v in locations.items()
     }
-    with open(folder / f"{case_id}_fg.npz", "wb") as f:
+    with open(store.locations(case_id), "wb") as f:
         np.savez_compressed(f, **{k: np.diff(v, prepend=0) for k, v in flat.items()})
-    (folder / f"{case_id}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    store.record(case_id).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 def case_ids(folder: Path) -> list[str]:
     """Ids of the complete cases in ``folder`` (label array and record both present)."""
     folder = Path(folder)
-    ids = (p.name[: -len("_seg.b2nd")] for p in folder.glob("*_seg.b2nd"))
-    return sorted(i for i in ids if (folder / f"{i}.json").is_file())
+    store, suffix = PreprocessedDir(folder), PreprocessedDir.SEG_SUFFIX
+    ids = (p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}"))
+    return sorted(i for i in ids if store.record(i).is_file())
 
 
 def read_case_record(folder: Path, case_id: str) -> dict:
     """The preprocessing record of a case, checked: a record of another version (an older
     medseg's preprocessing) is refused with what to do."""
-    path = Path(folder) / f"{case_id}.json"
+    path = PreprocessedDir(Path(folder)).record(case_id)
     if not path.is_file():
         raise RecordError(f"{path}: no preprocessed case {case_id!r}; run 'medseg preprocess'")
     record = read_record(path, CASE_SCHEMA)
@@ -116,8 +119,8 @@ def open_case_arrays(folder: Path, case_id: str):
     """Lazily opened ``(image, label)`` blosc2 arrays; index them to decompress a region."""
     folder = Path(folder)
     try:
-        data = blosc2.open(str(folder / f"{case_id}.b2nd"), mode="r")
-        seg = blosc2.open(str(folder / f"{case_id}_seg.b2nd"), mode="r")
+        data = blosc2.open(str(PreprocessedDir(folder).image(case_id)), mode="r")
+        seg = blosc2.open(str(PreprocessedDir(folder).seg(case_id)), mode="r")
     except Exception as e:
         raise RecordError(
             f"{folder}: cannot open preprocessed case {case_id!r}: {e}; run 'medseg preprocess' "
@@ -128,7 +131,7 @@ def open_case_arrays(folder: Path, case_id: str):
 
 def read_locations(folder: Path, case_id: str, shape: Sequence[int]) -> dict[int, np.ndarray]:
     """Foreground coordinates per class, ``(N, ndim)`` int32, in a label of ``shape``."""
-    with np.load(Path(folder) / f"{case_id}_fg.npz", allow_pickle=False) as z:
+    with np.load(PreprocessedDir(Path(folder)).locations(case_id), allow_pickle=False) as z:
         return {
             int(k.split("_", 1)[1]): np.stack(
                 np.unravel_index(np.cumsum(z[k]), tuple(shape)), axis=1

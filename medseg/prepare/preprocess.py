@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.core.layout import PREPROCESS_SUMMARY, PreprocessedDir
 from medseg.core.parallel import parallel_map
 from medseg.core.plans import Plans
 from medseg.dataset.check import read_case
@@ -63,7 +64,7 @@ def preprocess_dataset(
     plans = Plans.of(plans)
     plans.configuration(configuration)  # fail early on an unknown name
     start = time.perf_counter()
-    with atomic_dir(out, "preprocessed folder", recognize="preprocess.json") as tmp:
+    with atomic_dir(out, "preprocessed folder", recognize=PREPROCESS_SUMMARY) as tmp:
         jobs = [
             _Job(spec, c, i, plans, configuration, tmp, seed) for i, c in enumerate(spec.training)
         ]
@@ -78,6 +79,6 @@ def preprocess_dataset(
             "seed": seed,
             "seconds": round(time.perf_counter() - start, 2),
         }
-        write_text_atomic(tmp / "preprocess.json", json.dumps(summary, indent=1) + "\n")
-        write_text_atomic(tmp / "plans.json", plans.to_json())
+        write_text_atomic(PreprocessedDir(tmp).summary, json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(PreprocessedDir(tmp).plans_json, plans.to_json())
     return summary

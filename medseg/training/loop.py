@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from medseg.core.errors import TrainingError
-from medseg.core.layout import Checkpoint
+from medseg.core.layout import Checkpoint, FoldDir
 from medseg.core.plans import Configuration, Plans
 from medseg.io.preprocessed import case_ids
 from medseg.nets.checkpoint import (
@@ -47,7 +47,6 @@ from medseg.training.model import build_loss, build_model
 
 log = logging.getLogger(__name__)
 
-LATEST, BEST, FINAL = Checkpoint.LATEST.value, Checkpoint.BEST.value, Checkpoint.FINAL.value
 EMA_DECAY = 0.9
 
 
@@ -203,8 +202,8 @@ def _state(run: _Run, epoch: int, history: list[dict], best: float | None) -> di
     }
 
 
-def _resume(run: _Run, out: Path) -> tuple[int, list[dict], float | None]:
-    tensors, document = load_checkpoint(out / f"{LATEST}.safetensors")
+def _resume(run: _Run, out: FoldDir) -> tuple[int, list[dict], float | None]:
+    tensors, document = load_checkpoint(out.checkpoint(Checkpoint.LATEST))
     state = document["state"]
     cases = {"train": list(run.train_spec.case_ids), "val": list(run.val_spec.case_ids)}
     if state.get("configuration") != dict(run.config.raw) or state.get("cases") != cases:
@@ -216,14 +215,14 @@ def _resume(run: _Run, out: Path) -> tuple[int, list[dict], float | None]:
     if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise TrainingError(
-            f"{out}: cannot resume with different settings ({', '.join(changed)}); resume "
+            f"{out.root}: cannot resume with different settings ({', '.join(changed)}); resume "
             "with the settings of the first run, or train into another folder"
         )
     load_weights(run.model, model_weights(tensors))
     restore_optimizer(run.optimizer, tensors, document)
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
-    log.info("resuming %s after epoch %d", out, state["epoch"])
+    log.info("resuming %s after epoch %d", out.root, state["epoch"])
     return state["epoch"] + 1, state["history"], state["best_ema_pseudo_dice"]
 
 
@@ -231,17 +230,17 @@ class _Stale(Exception):
     """The latest checkpoint belongs to other plans or another split."""
 
 
-def _finish_epoch(run: _Run, out: Path, epoch: int, history: list[dict], best):
+def _finish_epoch(run: _Run, out: FoldDir, epoch: int, history: list[dict], best):
     record = history[-1]
     improved = best is None or record["ema_pseudo_dice"] > best
     if improved:
         best = record["ema_pseudo_dice"]
         record["new_best"] = True
-        save_checkpoint(out / f"{BEST}.safetensors", run.model, _state(run, epoch, [], best))
-    save_checkpoint(out / f"{LATEST}.safetensors", run.model, _state(run, epoch, history, best),
-                    run.optimizer)  # fmt: skip
-    write_history(out / "training_log.jsonl", history)
-    plot_history(out / "progress.png", history, f"{run.settings.configuration} fold "
+        save_checkpoint(out.checkpoint(Checkpoint.BEST), run.model, _state(run, epoch, [], best))
+    save_checkpoint(out.checkpoint(Checkpoint.LATEST), run.model,
+                    _state(run, epoch, history, best), run.optimizer)  # fmt: skip
+    write_history(out.training_log, history)
+    plot_history(out.progress, history, f"{run.settings.configuration} fold "
                  f"{run.settings.fold}")  # fmt: skip
     return best
 
@@ -266,16 +265,16 @@ def train(
     other plans or another split, which is then kept as ``.stale``).
     """
     run = _build_run(Plans.of(plans), splits, Path(preprocessed), settings)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    latest = out / f"{LATEST}.safetensors"
+    folder = FoldDir(Path(out))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    latest = folder.checkpoint(Checkpoint.LATEST)
     start, history, best = 0, [], None
     if latest.exists():
         if not resume:
             raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
                               "it, or choose another output folder")  # fmt: skip
         try:
-            start, history, best = _resume(run, out)
+            start, history, best = _resume(run, folder)
         except _Stale:
             stale = latest.with_suffix(".stale")
             latest.replace(stale)
@@ -300,9 +299,9 @@ def train(
             "learning_rate": run.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - t0, "iterations_per_second": its,
         })  # fmt: skip
-        best = _finish_epoch(run, out, epoch, history, best)
+        best = _finish_epoch(run, folder, epoch, history, best)
         if on_epoch:
             on_epoch(history[-1])
-    save_checkpoint(out / f"{FINAL}.safetensors", run.model,
+    save_checkpoint(folder.checkpoint(Checkpoint.FINAL), run.model,
                     _state(run, settings.epochs - 1, [], best))  # fmt: skip
     return history[-1] if history else {}

@@ -11,32 +11,17 @@ def planner_args(wildcards=None):
     return " ".join(args)
 
 
-def planned_configurations(wildcards):
-    """Configurations with their own preprocessed data (the cascade reuses 3d_fullres's)."""
-    plans = json.loads(Path(checkpoints.plan.get().output[0]).read_text())
-    return [
-        f"{OUT}/preprocessed/{name}"
-        for name, c in plans["configurations"].items()
-        if "inherits_from" not in c
-    ]
-
-
 def trainable_configurations(wildcards):
-    """Planned configurations medseg trains (a cascade's full-resolution stage is not
-    trained yet: it needs the low-resolution stage's CV predictions as input)."""
-    plans = json.loads(Path(checkpoints.plan.get().output[0]).read_text())
-    wanted = config["configurations"]
-    return [
-        name
-        for name, c in plans["configurations"].items()
-        if "previous_stage" not in c and (not wanted or name in wanted)
-    ]
+    """The configurations medseg trains, as 'medseg plan' listed them beside the plans
+    (configurations.json): known only once planning ran, hence the checkpoint."""
+    stages = json.loads(Path(checkpoints.plan.get().output.stages).read_text())
+    return stages["train"]
 
 
 def trained_folds(wildcards):
     """Every (configuration, fold) training job's final checkpoint."""
     return [
-        f"{OUT}/models/{name}/fold_{fold}/checkpoint_final.safetensors"
+        R.fold(name, fold).checkpoint()
         for name in trainable_configurations(wildcards)
         for fold in range(config["folds"])
     ]
@@ -45,7 +30,7 @@ def trained_folds(wildcards):
 def validated_folds(wildcards):
     """Every (configuration, fold) fold validation's metrics (the CV predictions beside)."""
     return [
-        f"{OUT}/models/{name}/fold_{fold}/validation/metrics.json"
+        R.fold(name, fold).validation_metrics
         for name in trainable_configurations(wildcards)
         for fold in range(config["folds"])
     ]
@@ -59,9 +44,9 @@ def test_targets():
     """What predicting the configured test folder produces (nothing without one)."""
     if not config["test"].get("images"):
         return []
-    targets = [f"{OUT}/predictions/manifest.jsonl", f"{OUT}/qc.png"]
+    targets = [R.predictions.manifest, R.qc]
     if config["test"].get("labels"):
-        targets.append(f"{OUT}/predictions/summary.json")
+        targets.append(R.predictions.summary)
     return targets
 
 

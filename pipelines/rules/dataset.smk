@@ -5,14 +5,14 @@ rule check_dataset:
     input:
         dataset_json=f"{DATASET}/dataset.json",
     output:
-        report=f"{OUT}/dataset_check.json",
+        report=R.dataset_check,
     params:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         links="--allow-outside-links" if config["allow_outside_links"] else "",
     log:
-        f"{OUT}/logs/check_dataset.log",
+        R.log("check_dataset"),
     benchmark:
-        f"{OUT}/benchmarks/check_dataset.tsv"
+        R.benchmark("check_dataset")
     conda:
         MEDSEG_ENV
     threads: config["processes"]

@@ -23,11 +23,11 @@
 
 rule predict_test:
     input:
-        model=f"{OUT}/model/model.json",
+        model=R.model.model_json,
         images=config["test"].get("images", []),
         image_files=test_folder_files("images"),
     output:
-        manifest=f"{OUT}/predictions/manifest.jsonl",
+        manifest=R.predictions.manifest,
     params:
         model=lambda wildcards, input: os.path.dirname(input.model),
         out=lambda wildcards, output: os.path.dirname(output.manifest),
@@ -35,9 +35,9 @@ rule predict_test:
         device=config["device"],
         mirroring="" if config["test"]["mirroring"] else "--no-mirroring",
     log:
-        f"{OUT}/logs/predict_test.log",
+        R.log("predict_test"),
     benchmark:
-        f"{OUT}/benchmarks/predict_test.tsv"
+        R.benchmark("predict_test")
     conda:
         MEDSEG_ENV
     threads: config["processes"]
@@ -58,19 +58,19 @@ rule predict_test:
 
 rule evaluate_test:
     input:
-        manifest=f"{OUT}/predictions/manifest.jsonl",
-        plans=f"{OUT}/plans.json",
+        manifest=R.predictions.manifest,
+        plans=R.plans,
         labels=config["test"].get("labels", []),
         label_files=test_folder_files("labels"),
     output:
-        summary=f"{OUT}/predictions/summary.json",
-        csv=f"{OUT}/predictions/summary.csv",
+        summary=R.predictions.summary,
+        csv=R.predictions.summary_csv,
     params:
         predictions=lambda wildcards, input: os.path.dirname(input.manifest),
     log:
-        f"{OUT}/logs/evaluate_test.log",
+        R.log("evaluate_test"),
     benchmark:
-        f"{OUT}/benchmarks/evaluate_test.tsv"
+        R.benchmark("evaluate_test")
     conda:
         MEDSEG_ENV
     threads: config["processes"]
@@ -84,20 +84,20 @@ rule evaluate_test:
 
 rule qc:
     input:
-        manifest=f"{OUT}/predictions/manifest.jsonl",
+        manifest=R.predictions.manifest,
         images=config["test"].get("images", []),
         image_files=test_folder_files("images"),
         labels=config["test"].get("labels", []),
         label_files=test_folder_files("labels"),
     output:
-        f"{OUT}/qc.png",
+        R.qc,
     params:
         predictions=lambda wildcards, input: os.path.dirname(input.manifest),
         labels_option="--labels" if config["test"].get("labels") else "",
     log:
-        f"{OUT}/logs/qc.log",
+        R.log("qc"),
     benchmark:
-        f"{OUT}/benchmarks/qc.tsv"
+        R.benchmark("qc")
     conda:
         MEDSEG_ENV
     threads: 1

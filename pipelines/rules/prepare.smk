@@ -5,16 +5,16 @@
 rule fingerprint:
     input:
         dataset_json=f"{DATASET}/dataset.json",
-        check=f"{OUT}/dataset_check.json",
+        check=R.dataset_check,
     output:
-        f"{OUT}/fingerprint.json",
+        R.fingerprint,
     params:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         skip="--skip-invalid" if config["skip_invalid"] else "",
     log:
-        f"{OUT}/logs/fingerprint.log",
+        R.log("fingerprint"),
     benchmark:
-        f"{OUT}/benchmarks/fingerprint.tsv"
+        R.benchmark("fingerprint")
     conda:
         MEDSEG_ENV
     threads: config["processes"]
@@ -28,15 +28,16 @@ rule fingerprint:
 
 checkpoint plan:
     input:
-        f"{OUT}/fingerprint.json",
+        R.fingerprint,
     output:
-        f"{OUT}/plans.json",
+        plans=R.plans,
+        stages=R.configurations,
     params:
         args=planner_args,
     log:
-        f"{OUT}/logs/plan.log",
+        R.log("plan"),
     benchmark:
-        f"{OUT}/benchmarks/plan.tsv"
+        R.benchmark("plan")
     conda:
         MEDSEG_ENV
     threads: 1
@@ -44,22 +45,22 @@ checkpoint plan:
         mem_mb=1000,
         runtime=10,
     shell:
-        "medseg plan {input:q} -o {output:q} {params.args} > {log:q} 2>&1"
+        "medseg plan {input:q} -o {output.plans:q} {params.args} > {log:q} 2>&1"
 
 
 rule split:
     input:
         dataset_json=f"{DATASET}/dataset.json",
     output:
-        f"{OUT}/splits.json",
+        R.splits,
     params:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         folds=config["folds"],
         seed=config["split_seed"],
     log:
-        f"{OUT}/logs/split.log",
+        R.log("split"),
     benchmark:
-        f"{OUT}/benchmarks/split.tsv"
+        R.benchmark("split")
     conda:
         MEDSEG_ENV
     threads: 1
@@ -74,15 +75,15 @@ rule split:
 rule preprocess:
     input:
         dataset_json=f"{DATASET}/dataset.json",
-        plans=f"{OUT}/plans.json",
+        plans=R.plans,
     output:
-        directory(f"{OUT}/preprocessed/{{config}}"),
+        directory(R.preprocessed("{config}")),
     params:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
     log:
-        f"{OUT}/logs/preprocess_{{config}}.log",
+        R.log("preprocess_{config}"),
     benchmark:
-        f"{OUT}/benchmarks/preprocess_{{config}}.tsv"
+        R.benchmark("preprocess_{config}")
     conda:
         MEDSEG_ENV
     threads: config["processes"]

@@ -7,18 +7,18 @@ rule select:
     input:
         validated_folds,
         dataset_json=f"{DATASET}/dataset.json",
-        plans=f"{OUT}/plans.json",
-        splits=f"{OUT}/splits.json",
+        plans=R.plans,
+        splits=R.splits,
     output:
-        selection=f"{OUT}/cv/selection.json",
+        selection=R.selection,
     params:
-        models=f"{OUT}/models",
+        models=R.models,
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         cv=lambda wildcards, output: os.path.dirname(output.selection),
     log:
-        f"{OUT}/logs/select.log",
+        R.log("select"),
     benchmark:
-        f"{OUT}/benchmarks/select.tsv"
+        R.benchmark("select")
     conda:
         MEDSEG_ENV
     threads: config["processes"]
@@ -33,17 +33,17 @@ rule select:
 rule export:
     input:
         trained_folds,
-        selection=f"{OUT}/cv/selection.json",
-        plans=f"{OUT}/plans.json",
+        selection=R.selection,
+        plans=R.plans,
     output:
-        model=f"{OUT}/model/model.json",
+        model=R.model.model_json,
     params:
-        models=f"{OUT}/models",
+        models=R.models,
         model=lambda wildcards, output: os.path.dirname(output.model),
     log:
-        f"{OUT}/logs/export.log",
+        R.log("export"),
     benchmark:
-        f"{OUT}/benchmarks/export.tsv"
+        R.benchmark("export")
     conda:
         MEDSEG_ENV
     threads: 1

@@ -4,20 +4,20 @@
 
 rule train:
     input:
-        preprocessed=f"{OUT}/preprocessed/{{config}}",
-        plans=f"{OUT}/plans.json",
-        splits=f"{OUT}/splits.json",
+        preprocessed=R.preprocessed("{config}"),
+        plans=R.plans,
+        splits=R.splits,
         dataset_json=f"{DATASET}/dataset.json",
     output:
-        final=f"{OUT}/models/{{config}}/fold_{{fold}}/checkpoint_final.safetensors",
+        final=R.fold("{config}", "{fold}").checkpoint(),
     params:
         folder=lambda wildcards, output: os.path.dirname(output.final),
         device=config["device"],
         t=config["training"],
     log:
-        f"{OUT}/logs/train_{{config}}_fold_{{fold}}.log",
+        R.log("train_{config}_fold_{fold}"),
     benchmark:
-        f"{OUT}/benchmarks/train_{{config}}_fold_{{fold}}.tsv"
+        R.benchmark("train_{config}_fold_{fold}")
     conda:
         MEDSEG_ENV
     threads: config["training"]["threads"]
@@ -36,22 +36,22 @@ rule train:
 
 rule validate:
     input:
-        final=f"{OUT}/models/{{config}}/fold_{{fold}}/checkpoint_final.safetensors",
-        preprocessed=f"{OUT}/preprocessed/{{config}}",
-        plans=f"{OUT}/plans.json",
-        splits=f"{OUT}/splits.json",
+        final=R.fold("{config}", "{fold}").checkpoint(),
+        preprocessed=R.preprocessed("{config}"),
+        plans=R.plans,
+        splits=R.splits,
         dataset_json=f"{DATASET}/dataset.json",
     output:
-        metrics=f"{OUT}/models/{{config}}/fold_{{fold}}/validation/metrics.json",
+        metrics=R.fold("{config}", "{fold}").validation_metrics,
     params:
         folder=lambda wildcards, input: os.path.dirname(input.final),
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         device=config["device"],
         mirroring="" if config["training"]["mirroring"] else "--no-mirroring",
     log:
-        f"{OUT}/logs/validate_{{config}}_fold_{{fold}}.log",
+        R.log("validate_{config}_fold_{fold}"),
     benchmark:
-        f"{OUT}/benchmarks/validate_{{config}}_fold_{{fold}}.tsv"
+        R.benchmark("validate_{config}_fold_{fold}")
     conda:
         MEDSEG_ENV
     threads: config["training"]["threads"]
@@ -69,13 +69,13 @@ rule curves:
     input:
         trained_folds,
     output:
-        f"{OUT}/training_curves.png",
+        R.curves,
     params:
-        models=f"{OUT}/models",
+        models=R.models,
     log:
-        f"{OUT}/logs/curves.log",
+        R.log("curves"),
     benchmark:
-        f"{OUT}/benchmarks/curves.tsv"
+        R.benchmark("curves")
     conda:
         MEDSEG_ENV
     threads: 1

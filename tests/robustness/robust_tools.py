@@ -6,17 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
-
-def run_medseg(*args, cwd=None) -> subprocess.CompletedProcess:
-    """``medseg ARGS`` as a real subprocess (what a user runs)."""
-    return subprocess.run([sys.executable, "-m", "medseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)  # fmt: skip
 
 
 def tree_digest(path: Path) -> dict[str, str]:

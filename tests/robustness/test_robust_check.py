@@ -15,8 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_medseg
 
-from robustness.robust_tools import assert_clean_failure, run_medseg, tree_digest, write_nifti
+from robustness.robust_tools import assert_clean_failure, tree_digest, write_nifti
 
 IMAGE = "imagesTr/demo_000.nii.gz"
 LABEL = "labelsTr/demo_000.nii.gz"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_medseg
 
 import medseg.cli.info
 from medseg.cli.main import main
-from robustness.robust_tools import assert_clean_failure, run_medseg, write_nifti
+from robustness.robust_tools import assert_clean_failure, write_nifti
 
 
 @pytest.fixture()

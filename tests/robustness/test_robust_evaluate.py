@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_medseg
 
 from medseg.evaluation.metrics import EvaluationError, case_metrics, evaluate_folder, read_summary
-from robustness.robust_tools import assert_clean_failure, run_medseg, tree_digest, write_nifti
+from robustness.robust_tools import assert_clean_failure, tree_digest, write_nifti
 
 LABELS = {1: "organ", 2: "lesion"}
 SHAPE = (6, 6, 4)

@@ -15,13 +15,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_medseg
 
 from medseg.core.errors import ModelError
 from medseg.inference.bundle import export_model, load_model
 from medseg.inference.model_check import folder_schema, json_path, schema_problems
 from medseg.nets.checkpoint import save_checkpoint
 from medseg.nets.unet import build_network
-from robustness.robust_tools import assert_clean_failure, run_medseg, write_nifti
+from robustness.robust_tools import assert_clean_failure, write_nifti
 
 NNUNET_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 

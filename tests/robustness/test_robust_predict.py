@@ -15,9 +15,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_medseg
 
 from medseg.inference.bundle import export_model
-from robustness.robust_tools import assert_clean_failure, run_medseg, tree_digest, write_nifti
+from robustness.robust_tools import assert_clean_failure, tree_digest, write_nifti
 
 
 @pytest.fixture(scope="module")
