@@ -46,6 +46,7 @@ tools:
 
 lint: $(STAMP)
 	$(BIN)/ruff check medseg tests datasets benchmarks
+	$(BIN)/ruff format --check medseg tests datasets benchmarks
 
 test: lint tools
 	$(BIN)/python -m pytest

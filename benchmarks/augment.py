@@ -59,9 +59,14 @@ def nnunet_ms(shape: tuple[int, ...], repeat: int) -> float:
     patch = shape[2:]
     settings = settings_for_patch(patch)  # the same rotation / dummy-2D / mirroring choice
     transforms = nnUNetTrainer.get_training_transforms(
-        patch, settings.rotation, None, settings.mirror_axes, settings.dummy_2d,
-        use_mask_for_norm=[False], foreground_labels=[1, 2],
-    )  # fmt: skip
+        patch,
+        settings.rotation,
+        None,
+        settings.mirror_axes,
+        settings.dummy_2d,
+        use_mask_for_norm=[False],
+        foreground_labels=[1, 2],
+    )
     image, label = _batch(shape, source_patch_size(patch, settings))
 
     def run(seed: int) -> None:

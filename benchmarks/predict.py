@@ -66,18 +66,43 @@ def make_model(dataset: Path, work: Path, args: argparse.Namespace) -> tuple[Pat
     meta = json.loads((dataset / "dataset.json").read_text())
     ids = [nnunet_model.case_id(Path(item["image"])) for item in meta["training"]]
     model = nnunet_model.train_tiny_model(
-        dataset, work / "train", ids[:N_TRAIN], dataset_id=932, name="BenchPredict",
-        gpu_memory_gb=args.gpu_memory_gb, base_features=args.base_features,
-        iterations=args.iterations, folds=tuple(args.folds), threads=args.threads,
-    )  # fmt: skip
+        dataset,
+        work / "train",
+        ids[:N_TRAIN],
+        dataset_id=932,
+        name="BenchPredict",
+        gpu_memory_gb=args.gpu_memory_gb,
+        base_features=args.base_features,
+        iterations=args.iterations,
+        folds=tuple(args.folds),
+        threads=args.threads,
+    )
     return model, ids[N_TRAIN:]
 
 
 def run_medseg(model: Path, inputs: list[Path], out: Path, args, env: dict) -> dict:
-    cmd = [BIN / "medseg", "predict", "-m", model, "-i", *inputs, "-o", out, "--formats",
-           "nifti", "--device", args.device, "--folds", *args.folds,
-           "--workers", str(args.workers), "--engine", args.engine,
-           "--engine-cache", out.parent / "engine-cache"]  # fmt: skip
+    cmd = [
+        BIN / "medseg",
+        "predict",
+        "-m",
+        model,
+        "-i",
+        *inputs,
+        "-o",
+        out,
+        "--formats",
+        "nifti",
+        "--device",
+        args.device,
+        "--folds",
+        *args.folds,
+        "--workers",
+        str(args.workers),
+        "--engine",
+        args.engine,
+        "--engine-cache",
+        out.parent / "engine-cache",
+    ]
     wall, peak = run_measured(cmd, env)
     return {"wall": wall, "peak": peak}
 
@@ -85,8 +110,9 @@ def run_medseg(model: Path, inputs: list[Path], out: Path, args, env: dict) -> d
 def run_nnunet(model: Path, inputs: list[Path], out: Path, args, env: dict) -> dict:
     if args.device != "cpu":
         raise SystemExit("the nnU-Net driver runs on the CPU only; use --device cpu")
-    cmd = nnunet_model.predict_command(model, inputs, out, folds=tuple(args.folds),
-                                       mirroring=True, processes=args.processes)  # fmt: skip
+    cmd = nnunet_model.predict_command(
+        model, inputs, out, folds=tuple(args.folds), mirroring=True, processes=args.processes
+    )
     wall, peak = run_measured(cmd, env)
     return {"wall": wall, "peak": peak}
 
@@ -106,16 +132,25 @@ def label_agreement(ours: Path, theirs: Path, inputs: list[Path]) -> float:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")  # fmt: skip
-    parser.add_argument("--model", type=Path,
-                        help="nnU-Net v2 results folder (default: train one); the last "
-                             "--cases images of the dataset are predicted")  # fmt: skip
+    parser.add_argument(
+        "--dataset", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="nnU-Net v2 results folder (default: train one); the last "
+        "--cases images of the dataset are predicted",
+    )
     parser.add_argument("--cases", type=int, default=10, help="images to predict")
     parser.add_argument("--folds", nargs="+", default=["0"], help="folds to use")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("-j", "--processes", type=int, default=2,
-                        help="nnU-Net's preprocessing and export processes (each)")  # fmt: skip
+    parser.add_argument(
+        "-j",
+        "--processes",
+        type=int,
+        default=2,
+        help="nnU-Net's preprocessing and export processes (each)",
+    )
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both tools")
     parser.add_argument(
         "--workers",
@@ -123,8 +158,12 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="medseg predict --workers (default: 1)",
     )
-    parser.add_argument("--engine", choices=("torch", "openvino"), default="openvino",
-                        help="medseg predict --engine (default: openvino)")  # fmt: skip
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "openvino"),
+        default="openvino",
+        help="medseg predict --engine (default: openvino)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool (median reported)")
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0, help="planner target")
     parser.add_argument("--base-features", type=int, help="narrower network (default: plans')")
@@ -139,9 +178,11 @@ def print_table(runs: dict[str, list[dict]], agreement: float, n: int, header: s
     print(f"\n{header}\n")
     print(f"| {'':<22} | {'medseg':>10} | {'nnU-Net':>10} | {'ratio':>6} |")
     print(f"| {'-' * 22} | {'-' * 10} | {'-' * 10} | {'-' * 6} |")
-    rows = [("total wall time (s)", ours["wall"], theirs["wall"], ".1f"),
-            ("per case (s)", ours["wall"] / n, theirs["wall"] / n, ".2f"),
-            ("peak RSS (MB)", ours["peak"] / 1e6, theirs["peak"] / 1e6, ".0f")]  # fmt: skip
+    rows = [
+        ("total wall time (s)", ours["wall"], theirs["wall"], ".1f"),
+        ("per case (s)", ours["wall"] / n, theirs["wall"] / n, ".2f"),
+        ("peak RSS (MB)", ours["peak"] / 1e6, theirs["peak"] / 1e6, ".0f"),
+    ]
     for label, a, b, fmt in rows:
         print(f"| {label:<22} | {a:>10{fmt}} | {b:>10{fmt}} | {a / b:>6.2f} |")
     print(f"| {'labels agree (voxels)':<22} | {agreement:>23.4%} | {'':>6} |")
@@ -176,15 +217,19 @@ def main() -> int:
     agreement = label_agreement(work / "medseg", work / "nnunet", inputs)
     config = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
     features = config["architecture"]["arch_kwargs"]["features_per_stage"]
-    print_table(runs, agreement, len(inputs),
-                f"{len(inputs)} cases of {args.dataset.name}, {model.parent.name}, folds "
-                f"{' '.join(args.folds)}, patch {config['patch_size']}, features {features}, "
-                f"device {args.device}, mirroring on, medseg --workers {args.workers} "
-                f"--engine {args.engine}, "
-                f"{args.repeat} run(s) each, "
-                f"{os.cpu_count()} CPUs, OMP_NUM_THREADS="
-                f"{env.get('OMP_NUM_THREADS', 'unset')}, 1-min load average "
-                f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
+    print_table(
+        runs,
+        agreement,
+        len(inputs),
+        f"{len(inputs)} cases of {args.dataset.name}, {model.parent.name}, folds "
+        f"{' '.join(args.folds)}, patch {config['patch_size']}, features {features}, "
+        f"device {args.device}, mirroring on, medseg --workers {args.workers} "
+        f"--engine {args.engine}, "
+        f"{args.repeat} run(s) each, "
+        f"{os.cpu_count()} CPUs, OMP_NUM_THREADS="
+        f"{env.get('OMP_NUM_THREADS', 'unset')}, 1-min load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+    )
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -36,8 +36,9 @@ BIN = Path(sys.executable).parent
 def run_measured(cmd: list, env: dict | None = None) -> tuple[float, int]:
     """Run ``cmd``; return wall seconds and peak RSS (bytes) of its whole process tree."""
     start = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     peak = 0
     done = threading.Event()
 
@@ -77,11 +78,28 @@ def run_medseg(dataset: Path, work: Path, processes: int) -> dict:
     medseg = BIN / "medseg"
     steps = [
         [medseg, "fingerprint", dataset, "-o", out / "fingerprint.json", "-j", processes],
-        [medseg, "plan", out / "fingerprint.json", "-o", out / "plans.json",
-         "--configurations", "3d_fullres"],
-        [medseg, "preprocess", dataset, out / "plans.json", "--config", "3d_fullres",
-         "-o", out / "3d_fullres", "-j", processes],
-    ]  # fmt: skip
+        [
+            medseg,
+            "plan",
+            out / "fingerprint.json",
+            "-o",
+            out / "plans.json",
+            "--configurations",
+            "3d_fullres",
+        ],
+        [
+            medseg,
+            "preprocess",
+            dataset,
+            out / "plans.json",
+            "--config",
+            "3d_fullres",
+            "-o",
+            out / "3d_fullres",
+            "-j",
+            processes,
+        ],
+    ]
     wall, peak = 0.0, 0
     for cmd in steps:
         seconds, rss = run_measured(cmd)
@@ -94,8 +112,18 @@ def run_nnunet(dataset: Path, work: Path, processes: int) -> dict:
     shutil.rmtree(base, ignore_errors=True)
     raw = to_nnunet_raw(dataset, base / "nnUNet_raw", 990, "Bench", reader=None)
     env = _nnunet_env(base)
-    cmd = [BIN / "nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "3d_fullres",
-           "-np", processes, "-npfp", processes, "--no_pbar"]  # fmt: skip
+    cmd = [
+        BIN / "nnUNetv2_plan_and_preprocess",
+        "-d",
+        "990",
+        "-c",
+        "3d_fullres",
+        "-np",
+        processes,
+        "-npfp",
+        processes,
+        "--no_pbar",
+    ]
     wall, peak = run_measured(cmd, env)
     return {"wall": wall, "peak": peak, "disk": disk_bytes(base / "nnUNet_preprocessed" / raw.name)}
 
@@ -108,8 +136,9 @@ def warm_page_cache(dataset: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")  # fmt: skip
+    parser.add_argument(
+        "--dataset", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+    )
     parser.add_argument("-j", "--processes", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool (median reported)")
     parser.add_argument("--workdir", type=Path, help="keep outputs here (default: a temp dir)")
@@ -121,12 +150,17 @@ def main() -> int:
         runs["nnU-Net"].append(run_nnunet(args.dataset, work, args.processes))
         runs["medseg"].append(run_medseg(args.dataset, work, args.processes))
     med = {t: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for t, rs in runs.items()}
-    print(f"\ndataset {args.dataset.name}, {args.processes} processes, {args.repeat} run(s) each, "
-          f"{os.cpu_count()} CPUs\n")  # fmt: skip
+    print(
+        f"\ndataset {args.dataset.name}, {args.processes} processes, {args.repeat} run(s) each, "
+        f"{os.cpu_count()} CPUs\n"
+    )
     print(f"| {'':<18} | {'medseg':>10} | {'nnU-Net':>10} | {'ratio':>6} |")
     print(f"| {'-' * 18} | {'-' * 10} | {'-' * 10} | {'-' * 6} |")
-    rows = [("wall time (s)", "wall", 1.0, ".1f"), ("peak RSS (MB)", "peak", 1e6, ".0f"),
-            ("disk (MB)", "disk", 1e6, ".1f")]  # fmt: skip
+    rows = [
+        ("wall time (s)", "wall", 1.0, ".1f"),
+        ("peak RSS (MB)", "peak", 1e6, ".0f"),
+        ("disk (MB)", "disk", 1e6, ".1f"),
+    ]
     for label, key, scale, fmt in rows:
         ours, theirs = med["medseg"][key] / scale, med["nnU-Net"][key] / scale
         print(f"| {label:<18} | {ours:>10{fmt}} | {theirs:>10{fmt}} | {ours / theirs:>6.2f} |")

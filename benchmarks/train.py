@@ -94,20 +94,38 @@ def prepare_medseg(dataset: Path, work: Path) -> None:
     medseg = BIN / "medseg"
     steps = [
         [medseg, "fingerprint", dataset, "-o", work / "fp.json", "-j", "2"],
-        [medseg, "plan", work / "fp.json", "-o", work / "plans.json",
-         "--configurations", "3d_fullres"],
+        [
+            medseg,
+            "plan",
+            work / "fp.json",
+            "-o",
+            work / "plans.json",
+            "--configurations",
+            "3d_fullres",
+        ],
         [medseg, "split", dataset, "-o", work / "splits.json", "--folds", "5"],
-        [medseg, "preprocess", dataset, work / "plans.json", "--config", "3d_fullres",
-         "-o", work / "pre", "-j", "2"],
-    ]  # fmt: skip
+        [
+            medseg,
+            "preprocess",
+            dataset,
+            work / "plans.json",
+            "--config",
+            "3d_fullres",
+            "-o",
+            work / "pre",
+            "-j",
+            "2",
+        ],
+    ]
     for cmd in steps:
         subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")  # fmt: skip
+    parser.add_argument(
+        "--dataset", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=3)
@@ -124,9 +142,11 @@ def main() -> int:
     ours = _run(MEDSEG_DRIVER, [work / "medseg", *timed, str(args.workers)], dict(os.environ), work)
     if (ours["patch"], ours["batch"]) != (theirs["patch"], theirs["batch"]):
         print(f"warning: plans differ: medseg {ours}, nnU-Net {theirs}")
-    print(f"\n{args.dataset.name} 3d_fullres, patch {ours['patch']}, batch {ours['batch']}, "
-          f"device {args.device}, {args.workers} worker(s), {args.iterations} timed iterations "
-          f"after {args.warmup}\n")  # fmt: skip
+    print(
+        f"\n{args.dataset.name} 3d_fullres, patch {ours['patch']}, batch {ours['batch']}, "
+        f"device {args.device}, {args.workers} worker(s), {args.iterations} timed iterations "
+        f"after {args.warmup}\n"
+    )
     print("| trainer | iterations/s | seconds/iteration |")
     print("| --- | --- | --- |")
     for name, r in (("medseg", ours), ("nnU-Net", theirs)):

@@ -138,12 +138,16 @@ def _write_case(root: Path, case: DemoCase, split: str, layout: str, channels: i
     stack = [derived_channel(ct, c) for c in range(channels)]
     if layout == "nnunet":
         for c, array in enumerate(stack):
-            write_volume(Volume.image(array, case.image.affine),
-                         root / images / f"{case.case_id}_{c:04d}.nii.gz")  # fmt: skip
+            write_volume(
+                Volume.image(array, case.image.affine),
+                root / images / f"{case.case_id}_{c:04d}.nii.gz",
+            )
         first = f"./{images}/{case.case_id}_0000.nii.gz"
     else:
-        write_volume(Volume.image(np.stack(stack), case.image.affine),
-                     root / images / f"{case.case_id}.nii.gz")  # fmt: skip
+        write_volume(
+            Volume.image(np.stack(stack), case.image.affine),
+            root / images / f"{case.case_id}.nii.gz",
+        )
         first = f"./{images}/{case.case_id}.nii.gz"
     write_volume(case.label, root / labels / f"{case.case_id}.nii.gz")
     return first
@@ -161,18 +165,38 @@ def _dataset_json(layout: str, channels: int, n_train: int, n_test: int, seed: i
     }
     if layout == "nnunet":
         labels = {name: int(value) for value, name in LABELS.items()}
-        return {**meta, "channel_names": names, "labels": labels, "numTraining": n_train,
-                "file_ending": ".nii.gz", "generator": {"script": "datasets/demo.py",
-                "seed": seed, "layout": layout, "channels": channels}}  # fmt: skip
-    training = [{"image": first, "label": first.replace("images", "labels", 1)}
-                for _, split, first in cases if split == "Tr"]  # fmt: skip
+        return {
+            **meta,
+            "channel_names": names,
+            "labels": labels,
+            "numTraining": n_train,
+            "file_ending": ".nii.gz",
+            "generator": {
+                "script": "datasets/demo.py",
+                "seed": seed,
+                "layout": layout,
+                "channels": channels,
+            },
+        }
+    training = [
+        {"image": first, "label": first.replace("images", "labels", 1)}
+        for _, split, first in cases
+        if split == "Tr"
+    ]
     generator = {"script": "datasets/demo.py", "seed": seed}
     if channels > 1:
         generator["channels"] = channels
-    return {**meta, "tensorImageSize": "3D" if channels == 1 else "4D", "modality": names,
-            "labels": LABELS, "numTraining": n_train, "numTest": n_test,
-            "generator": generator, "training": training,
-            "test": [first for _, split, first in cases if split == "Ts"]}  # fmt: skip
+    return {
+        **meta,
+        "tensorImageSize": "3D" if channels == 1 else "4D",
+        "modality": names,
+        "labels": LABELS,
+        "numTraining": n_train,
+        "numTest": n_test,
+        "generator": generator,
+        "training": training,
+        "test": [first for _, split, first in cases if split == "Ts"],
+    }
 
 
 def write_dataset(
@@ -194,8 +218,9 @@ def write_dataset(
     """
     out = Path(out)
     if layout not in ("msd", "nnunet") or channels < 1:
-        raise ValueError(f"layout must be 'msd' or 'nnunet' and channels >= 1, got "
-                         f"{layout!r}, {channels}")  # fmt: skip
+        raise ValueError(
+            f"layout must be 'msd' or 'nnunet' and channels >= 1, got {layout!r}, {channels}"
+        )
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.force and args.out.exists():
         shutil.rmtree(args.out)
     try:
-        write_dataset(args.out, args.train, args.test, args.seed, layout=args.layout,
-                      channels=args.channels)  # fmt: skip
+        write_dataset(
+            args.out, args.train, args.test, args.seed, layout=args.layout, channels=args.channels
+        )
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -143,9 +143,19 @@ def predict_command(
     preprocessing and for export each (``nnUNetv2_predict -npp -nps``). ``float32``: blend
     tiles in float32 instead of nnU-Net's float16 (patched in; see :func:`_blend_in_float32`).
     """
-    cmd = [sys.executable, str(Path(__file__).resolve()), "predict", str(model), str(out),
-           "--folds", *map(str, folds), "--processes", str(processes),
-           "--inputs", *map(str, inputs)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "predict",
+        str(model),
+        str(out),
+        "--folds",
+        *map(str, folds),
+        "--processes",
+        str(processes),
+        "--inputs",
+        *map(str, inputs),
+    ]
     if not mirroring:
         cmd.append("--no-mirroring")
     if probabilities:
@@ -164,8 +174,9 @@ def run_driver(args: list, work: Path, threads: int | None = None) -> str:
 def run_checked(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """Run ``cmd``; return its stdout, raise with its output tail if it fails."""
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=STEP_TIMEOUT_S, check=False)  # fmt: skip
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"timed out: {' '.join(cmd)}\n{_tails(exc.stdout, exc.stderr)}") from exc
     if done.returncode != 0:
@@ -222,25 +233,34 @@ def _predictor(model: Path, folds: list[int], mirroring: bool):
     config = plans.get_configuration(model.name.split("__")[-1])
     parameters, axes = [], None
     for fold in folds:  # as nnUNetPredictor.initialize_from_trained_model_folder loads them
-        checkpoint = torch.load(model / f"fold_{fold}" / "checkpoint_final.pth",
-                                map_location="cpu", weights_only=False)  # fmt: skip
+        checkpoint = torch.load(
+            model / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False
+        )
         parameters.append(checkpoint["network_weights"])
         axes = checkpoint.get("inference_allowed_mirroring_axes", axes)
     network = get_network_from_plans(
-        config.network_arch_class_name, config.network_arch_init_kwargs,
+        config.network_arch_class_name,
+        config.network_arch_init_kwargs,
         config.network_arch_init_kwargs_req_import,
         determine_num_input_channels(plans, config, dataset_json),
         plans.get_label_manager(dataset_json).num_segmentation_heads,
-        allow_init=True, deep_supervision=False,
-    )  # fmt: skip
+        allow_init=True,
+        deep_supervision=False,
+    )
     network.load_state_dict(parameters[0])
     predictor = nnUNetPredictor(
-        tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-        perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-        verbose_preprocessing=False, allow_tqdm=False,
-    )  # fmt: skip
-    predictor.manual_initialization(network, plans, config, parameters, dataset_json,
-                                    "nnUNetTrainer", axes)  # fmt: skip
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=mirroring,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        network, plans, config, parameters, dataset_json, "nnUNetTrainer", axes
+    )
     return predictor
 
 
@@ -276,11 +296,13 @@ def _predict(args: argparse.Namespace) -> None:
     predictor = _predictor(args.model, args.folds, not args.no_mirroring)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor.predict_from_files(
-        [[str(p)] for p in args.inputs], [str(args.out / case_id(p)) for p in args.inputs],
-        save_probabilities=args.probabilities, overwrite=True,
+        [[str(p)] for p in args.inputs],
+        [str(args.out / case_id(p)) for p in args.inputs],
+        save_probabilities=args.probabilities,
+        overwrite=True,
         num_processes_preprocessing=args.processes,
         num_processes_segmentation_export=args.processes,
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

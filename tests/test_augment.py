@@ -135,10 +135,18 @@ def _nnunet_spatial(image, label, patch, angle, scale, dummy_2d=False):
     )
 
     transform = SpatialTransform(
-        patch[1:] if dummy_2d else patch, 0, False, p_rotation=1, rotation=(angle, angle),
-        p_scaling=1, scaling=(scale, scale), p_synchronize_scaling_across_axes=1,
-        mode_seg="nearest", border_mode_seg="constant", padding_value_seg=-1,
-    )  # fmt: skip
+        patch[1:] if dummy_2d else patch,
+        0,
+        False,
+        p_rotation=1,
+        rotation=(angle, angle),
+        p_scaling=1,
+        scaling=(scale, scale),
+        p_synchronize_scaling_across_axes=1,
+        mode_seg="nearest",
+        border_mode_seg="constant",
+        padding_value_seg=-1,
+    )
     data = {"image": image.clone(), "segmentation": label.clone()}
     if dummy_2d:
         data = Convert2DTo3DTransform()(**transform(**Convert3DTo2DTransform()(**data)))

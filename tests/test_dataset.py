@@ -217,8 +217,11 @@ def test_three_injected_faults_give_exactly_three_problems(hippocampus, tmp_path
 
 
 def test_label_values_must_be_consecutive(tmp_path):
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 3},
-            "file_ending": ".nii.gz"}  # fmt: skip
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "a": 1, "b": 3},
+        "file_ending": ".nii.gz",
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match="consecutive 0, 1, 2"):
         load_dataset(tmp_path)

@@ -73,14 +73,31 @@ def test_predict_engines_agree(model, demo_dataset, tmp_path):
     outputs = {}
     for engine in ("torch", "openvino"):
         out = tmp_path / engine
-        cmd = [*MEDSEG, "predict", "-m", model, "-i",
-               demo_dataset / "imagesTs", "-o", out, "--formats", "nifti", "--device", "cpu",
-               "--engine", engine, "--engine-cache", tmp_path / "cache"]  # fmt: skip
+        cmd = [
+            *MEDSEG,
+            "predict",
+            "-m",
+            model,
+            "-i",
+            demo_dataset / "imagesTs",
+            "-o",
+            out,
+            "--formats",
+            "nifti",
+            "--device",
+            "cpu",
+            "--engine",
+            engine,
+            "--engine-cache",
+            tmp_path / "cache",
+        ]
         r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
         assert [x["status"] for x in records] == ["ok", "ok"]
-        outputs[engine] = {c: np.asanyarray(nib.load(out / f"{c}.nii.gz").dataobj)
-                           for c in ("demo_100", "demo_101")}  # fmt: skip
+        outputs[engine] = {
+            c: np.asanyarray(nib.load(out / f"{c}.nii.gz").dataobj)
+            for c in ("demo_100", "demo_101")
+        }
     for case, labels in outputs["torch"].items():
         assert np.mean(labels == outputs["openvino"][case]) >= 0.9999

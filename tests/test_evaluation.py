@@ -257,12 +257,16 @@ def test_postprocessing_candidates_from_components_equal_applying_the_steps():
         connectivity = int(rng.choice([6, 18, 26]))
         row = candidate_rows("c", pred, ref, labels, connectivity)
         pred_fg = keep_largest_component(pred, None, connectivity=connectivity)
-        expected = {"baseline": dice_per_label(pred, ref, labels),
-                    "fg": dice_per_label(pred_fg, ref, labels)}  # fmt: skip
+        expected = {
+            "baseline": dice_per_label(pred, ref, labels),
+            "fg": dice_per_label(pred_fg, ref, labels),
+        }
         if len(labels) > 1:
             for key, source in (("per_class", pred), ("fg_per_class", pred_fg)):
-                kept = {c: keep_largest_component(source, [c], connectivity=connectivity)
-                        for c in labels}  # fmt: skip
+                kept = {
+                    c: keep_largest_component(source, [c], connectivity=connectivity)
+                    for c in labels
+                }
                 expected[key] = {c: dice_per_label(kept[c], ref, [c])[c] for c in labels}
         assert set(row) == {"case", *expected}
         for key, values in expected.items():
@@ -517,8 +521,10 @@ def test_an_unreadable_cache_is_ignored(tmp_path):
 def test_postprocessing_cache_reuses_unchanged_cases(tmp_path, monkeypatch):
     from medseg.evaluation import postprocessing
 
-    cases = {name: random_labels(np.random.default_rng(i), (14, 12, 10)) for i, name in
-             enumerate(("a", "b"))}  # fmt: skip
+    cases = {
+        name: random_labels(np.random.default_rng(i), (14, 12, 10))
+        for i, name in enumerate(("a", "b"))
+    }
     pred_dir, ref_dir = write_cases(tmp_path, {n: (p, np.roll(p, 1, 0)) for n, p in cases.items()})
     calls = counting(monkeypatch, postprocessing, "_candidate_dice")
     first = choose_postprocessing(pred_dir, ref_dir, LABELS, cache=True)

@@ -57,16 +57,25 @@ def two_channel_model(demo_models, folder: Path) -> Path:
     network = build_network(config["architecture"], 2, len(plans["labels"]))
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "two.safetensors", network, {"configuration": config})
-    return export_model(folder / "model", plans, [{"configuration": "3d_fullres", "folds": [0]}],
-                        {"3d_fullres": {0: folder / "two.safetensors"}})  # fmt: skip
+    return export_model(
+        folder / "model",
+        plans,
+        [{"configuration": "3d_fullres", "folds": [0]}],
+        {"3d_fullres": {0: folder / "two.safetensors"}},
+    )
 
 
 # -- the rule, on names ---------------------------------------------------------------------
 
 
 def test_complete_groups_are_one_case_each_in_channel_order(tmp_path):
-    files = touch(tmp_path, "BRATS_002_0001.nii.gz", "BRATS_001_0001.nii.gz",
-                  "BRATS_001_0000.nii.gz", "BRATS_002_0000.nii.gz")  # fmt: skip
+    files = touch(
+        tmp_path,
+        "BRATS_002_0001.nii.gz",
+        "BRATS_001_0001.nii.gz",
+        "BRATS_001_0000.nii.gz",
+        "BRATS_002_0000.nii.gz",
+    )
     cases, failures = discover_inputs([tmp_path], n_channels=2)
     assert failures == []
     assert summary(cases) == [
@@ -79,8 +88,14 @@ def test_complete_groups_are_one_case_each_in_channel_order(tmp_path):
 
 
 def test_a_missing_channel_file_is_a_failed_case_naming_it(tmp_path):
-    touch(tmp_path, "A_0000.nii.gz", "A_0001.nii.gz", "A_0002.nii.gz", "B_0000.nii.gz",
-          "C_0002.nii.gz")  # fmt: skip
+    touch(
+        tmp_path,
+        "A_0000.nii.gz",
+        "A_0001.nii.gz",
+        "A_0002.nii.gz",
+        "B_0000.nii.gz",
+        "C_0002.nii.gz",
+    )
     cases, _ = discover_inputs([tmp_path], n_channels=3)
     assert summary(cases) == [
         ("A", ["A_0000.nii.gz", "A_0001.nii.gz", "A_0002.nii.gz"], False),
@@ -98,8 +113,10 @@ def test_a_missing_channel_file_is_a_failed_case_naming_it(tmp_path):
 def test_single_channel_case_0000_is_case(tmp_path):
     touch(tmp_path / "imagesTs", "la_003_0000.nii.gz", "la_004_0000.nii.gz")
     cases, _ = discover_inputs([tmp_path / "imagesTs"], n_channels=1)
-    assert summary(cases) == [("la_003", ["la_003_0000.nii.gz"], False),
-                              ("la_004", ["la_004_0000.nii.gz"], False)]  # fmt: skip
+    assert summary(cases) == [
+        ("la_003", ["la_003_0000.nii.gz"], False),
+        ("la_004", ["la_004_0000.nii.gz"], False),
+    ]
     # a single file given by name, too
     (case,), _ = discover_inputs([tmp_path / "imagesTs" / "la_004_0000.nii.gz"])
     assert case.case_id == "la_004" and case.problem is None
@@ -109,9 +126,11 @@ def test_single_channel_case_0000_is_case(tmp_path):
 def test_a_4d_msd_file_and_other_names_are_single_file_cases(tmp_path):
     touch(tmp_path, "BRATS_001.nii.gz", "scan.nrrd", "notes_0000.txt", "case_12345.nii.gz")
     cases, _ = discover_inputs([tmp_path], n_channels=2)
-    assert summary(cases) == [("BRATS_001", ["BRATS_001.nii.gz"], False),
-                              ("case_12345", ["case_12345.nii.gz"], False),
-                              ("scan", ["scan.nrrd"], False)]  # fmt: skip
+    assert summary(cases) == [
+        ("BRATS_001", ["BRATS_001.nii.gz"], False),
+        ("case_12345", ["case_12345.nii.gz"], False),
+        ("scan", ["scan.nrrd"], False),
+    ]
     assert cases[0].channel_files == ()
 
 
@@ -122,13 +141,21 @@ def test_numbers_beyond_the_channels_are_case_numbers_not_channels(tmp_path):
         assert [c.case_id for c in cases] == ["img_0000", "img_0001", "img_0002"]
         assert all(c.problem is None for c in cases)
     cases, _ = discover_inputs([tmp_path], n_channels=3)  # exactly 0000..0002: one case
-    assert summary(cases) == [("img", ["img_0000.nii.gz", "img_0001.nii.gz",
-                                       "img_0002.nii.gz"], False)]  # fmt: skip
+    assert summary(cases) == [
+        ("img", ["img_0000.nii.gz", "img_0001.nii.gz", "img_0002.nii.gz"], False)
+    ]
 
 
 def test_mixed_folder_groups_stay_within_their_folder(tmp_path):
-    touch(tmp_path, "P_0000.nii.gz", "P_0001.nii.gz", "Q.nii.gz", "R_0000.nii.gz",
-          "S_0000.nii", "S_0001.nii.gz")  # fmt: skip
+    touch(
+        tmp_path,
+        "P_0000.nii.gz",
+        "P_0001.nii.gz",
+        "Q.nii.gz",
+        "R_0000.nii.gz",
+        "S_0000.nii",
+        "S_0001.nii.gz",
+    )
     touch(tmp_path / "site2", "P_0000.nii.gz", "P_0001.nii.gz", ".P_0000.nii.gz.tmp")
     touch(tmp_path / "site3", "R_0001.nii.gz")
     cases, failures = discover_inputs([tmp_path], n_channels=2)
@@ -149,10 +176,16 @@ def test_explicit_files_are_grouped_among_themselves_in_argument_order(tmp_path)
     a0, a1, b = touch(tmp_path / "in", "A_0000.nii.gz", "A_0001.nii.gz", "B.nii.gz")
     touch(tmp_path / "in", "C_0000.nii.gz", "C_0001.nii.gz")  # not given: not used
     cases, failures = discover_inputs([b, a1, tmp_path / "missing.nii.gz", a0], n_channels=2)
-    assert summary(cases) == [("B", ["B.nii.gz"], False),
-                              ("A", ["A_0000.nii.gz", "A_0001.nii.gz"], False)]  # fmt: skip
-    assert failures == [{"input": str(tmp_path / "missing.nii.gz"),
-                         "error": f"{tmp_path / 'missing.nii.gz'}: not found"}]  # fmt: skip
+    assert summary(cases) == [
+        ("B", ["B.nii.gz"], False),
+        ("A", ["A_0000.nii.gz", "A_0001.nii.gz"], False),
+    ]
+    assert failures == [
+        {
+            "input": str(tmp_path / "missing.nii.gz"),
+            "error": f"{tmp_path / 'missing.nii.gz'}: not found",
+        }
+    ]
     (lone,), _ = discover_inputs([tmp_path / "in" / "C_0000.nii.gz"], n_channels=2)
     assert lone.case_id == "C" and "C_0001.nii.gz" in lone.problem  # the sibling is not guessed
 
@@ -179,8 +212,6 @@ def test_outputs_never_replace_any_channel_file(tmp_path):
 # -- predicting with the rule ---------------------------------------------------------------
 
 
-
-
 def records(out: Path) -> dict[str, dict]:
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     return {x["case_id"]: x for x in lines}
@@ -193,13 +224,28 @@ def nnunet_test_folder(demo_module, tmp_path_factory) -> Path:
     return demo_module.write_dataset(root, 0, 2, seed=5, layout="nnunet", channels=2) / "imagesTs"
 
 
-def test_predict_a_two_channel_folder_in_the_nnunet_layout(demo_models, nnunet_test_folder,
-                                                           tmp_path):  # fmt: skip
+def test_predict_a_two_channel_folder_in_the_nnunet_layout(
+    demo_models, nnunet_test_folder, tmp_path
+):
     model = two_channel_model(demo_models, tmp_path / "m")
     out = tmp_path / "out"
-    r = run_medseg("predict", "-m", model, "-i", nnunet_test_folder, "-o", out, "--device", "cpu",
-               "--engine", "torch", "--no-mirroring", "--formats", "nifti",
-               "probabilities")  # fmt: skip
+    r = run_medseg(
+        "predict",
+        "-m",
+        model,
+        "-i",
+        nnunet_test_folder,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--engine",
+        "torch",
+        "--no-mirroring",
+        "--formats",
+        "nifti",
+        "probabilities",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     found = records(out)
     assert sorted(found) == ["demo_100", "demo_101"]
@@ -218,12 +264,28 @@ def test_a_one_channel_model_on_case_0000_names(demo_models, demo_module, tmp_pa
     from medseg.inference.bundle import export_model
 
     _, plans, _, checkpoints = demo_models
-    model = export_model(tmp_path / "model", plans, [{"configuration": "3d_fullres", "folds": [0]}],
-                         {"3d_fullres": {0: checkpoints["3d_fullres"][0]}})  # fmt: skip
+    model = export_model(
+        tmp_path / "model",
+        plans,
+        [{"configuration": "3d_fullres", "folds": [0]}],
+        {"3d_fullres": {0: checkpoints["3d_fullres"][0]}},
+    )
     data = demo_module.write_dataset(tmp_path / "d", 0, 1, seed=2, layout="nnunet")
     out = tmp_path / "out"
-    r = run_medseg("predict", "-m", model, "-i", data / "imagesTs", "-o", out, "--device", "cpu",
-               "--engine", "torch", "--no-mirroring")  # fmt: skip
+    r = run_medseg(
+        "predict",
+        "-m",
+        model,
+        "-i",
+        data / "imagesTs",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--engine",
+        "torch",
+        "--no-mirroring",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["demo_100.nii.gz"]
     assert (data / "labelsTs" / "demo_100.nii.gz").exists()  # the name evaluate looks for

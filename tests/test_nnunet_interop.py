@@ -93,11 +93,24 @@ def _dicom_as_nifti(series: Path, dest: Path) -> Path:
     return dest
 
 
-def _medseg_predict(model: Path, inputs: list[Path], out: Path, formats: list[str],
-                    *extra: str) -> list[dict]:  # fmt: skip
-    cmd = [*MEDSEG, "predict", "-m", str(model),
-           "-i", *map(str, inputs), "-o", str(out), "--formats", *formats,
-           "--device", "cpu", *extra]  # fmt: skip
+def _medseg_predict(
+    model: Path, inputs: list[Path], out: Path, formats: list[str], *extra: str
+) -> list[dict]:
+    cmd = [
+        *MEDSEG,
+        "predict",
+        "-m",
+        str(model),
+        "-i",
+        *map(str, inputs),
+        "-o",
+        str(out),
+        "--formats",
+        *formats,
+        "--device",
+        "cpu",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     manifest = out / "manifest.jsonl"
@@ -113,25 +126,41 @@ def interop(tmp_path_factory, hippocampus: Path, dicom_dir: Path) -> dict:
     """Train the model, predict with nnU-Net (twice) and medseg; say where everything is."""
     work = tmp_path_factory.mktemp("nnunet_interop")
     ids = _hippocampus_ids(hippocampus)
-    model = nnunet_model.train_tiny_model(hippocampus, work, ids[:N_TRAIN], base_features=4,
-                                          iterations=5, threads=THREADS)  # fmt: skip
+    model = nnunet_model.train_tiny_model(
+        hippocampus, work, ids[:N_TRAIN], base_features=4, iterations=5, threads=THREADS
+    )
     inputs = work / "inputs"
     inputs.mkdir()
     held_out = [hippocampus / "imagesTr" / f"{c}.nii.gz" for c in ids[-N_HELD_OUT:]]
     nifti = [*held_out[:-1], _reoriented_copy(held_out[-1], inputs / f"{ids[-1]}_ASL.nii.gz")]
     dicom_nifti = _dicom_as_nifti(dicom_dir / DICOM_PARITY, inputs / f"{DICOM_PARITY}.nii.gz")
     for name, float32 in (("stock", False), ("float32", True)):
-        cmd = nnunet_model.predict_command(model, [*nifti, dicom_nifti], work / name,
-                                           probabilities=True, float32=float32)  # fmt: skip
+        cmd = nnunet_model.predict_command(
+            model, [*nifti, dicom_nifti], work / name, probabilities=True, float32=float32
+        )
         nnunet_model.run_checked(cmd, nnunet_model.nnunet_env(work, THREADS))
     records = _medseg_predict(model, nifti, work / "medseg", ["nifti", "probabilities"])
-    exact = _medseg_predict(model, [*nifti, dicom_nifti], work / "medseg_float32",
-                            ["nifti", "probabilities"], "--blend", "float32")  # fmt: skip
-    dicom_records = _medseg_predict(model, [dicom_dir / s for s in DICOM_SERIES],
-                                    work / "medseg_dicom",
-                                    ["nifti", "dicom-seg", "probabilities"])  # fmt: skip
-    return {"work": work, "nifti": nifti, "records": records, "dicom_records": dicom_records,
-            "exact": exact}  # fmt: skip
+    exact = _medseg_predict(
+        model,
+        [*nifti, dicom_nifti],
+        work / "medseg_float32",
+        ["nifti", "probabilities"],
+        "--blend",
+        "float32",
+    )
+    dicom_records = _medseg_predict(
+        model,
+        [dicom_dir / s for s in DICOM_SERIES],
+        work / "medseg_dicom",
+        ["nifti", "dicom-seg", "probabilities"],
+    )
+    return {
+        "work": work,
+        "nifti": nifti,
+        "records": records,
+        "dicom_records": dicom_records,
+        "exact": exact,
+    }
 
 
 def _labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -168,17 +197,21 @@ def _check(ours: dict[str, Path], case: str, reference: str, work: Path) -> None
     label = _labels(ours["nifti"])[0]
     theirs = _labels(work / reference / f"{case}.nii.gz")[0]
     assert label.shape == theirs.shape, f"{case}: shape {label.shape} vs nnU-Net {theirs.shape}"
-    diff = np.abs(_medseg_probabilities(ours["probabilities"])
-                  - _nnunet_probabilities(work / reference / f"{case}.npz")).max(0)  # fmt: skip
+    diff = np.abs(
+        _medseg_probabilities(ours["probabilities"])
+        - _nnunet_probabilities(work / reference / f"{case}.npz")
+    ).max(0)
     same = label == theirs
     inner = _interior(label.shape)
     decided = inner & _decided(_nnunet_probabilities(work / "float32" / f"{case}.npz"))
     counts = np.bincount(theirs.ravel().astype(np.int64), minlength=3).tolist()
-    print(f"\n{case} vs nnU-Net {reference}: labels agree on {same.mean():.4%} of {same.size} "
-          f"voxels, {same[inner].mean():.4%} of the interior, {same[decided].mean():.4%} of "
-          f"its {decided.sum()} decided voxels; nnU-Net's label counts {counts}; |probability "
-          f"diff| max {diff.max():.2e}, interior max {diff[inner].max():.2e}, "
-          f"mean {diff.mean():.2e}")  # fmt: skip
+    print(
+        f"\n{case} vs nnU-Net {reference}: labels agree on {same.mean():.4%} of {same.size} "
+        f"voxels, {same[inner].mean():.4%} of the interior, {same[decided].mean():.4%} of "
+        f"its {decided.sum()} decided voxels; nnU-Net's label counts {counts}; |probability "
+        f"diff| max {diff.max():.2e}, interior max {diff[inner].max():.2e}, "
+        f"mean {diff.mean():.2e}"
+    )
     assert min(counts) > 0, f"{case}: nnU-Net predicts only labels {counts}: agreement is trivial"
     limits = FLOAT32 if reference == "float32" else STOCK
     assert same.mean() >= limits[0], f"{case}: label agreement {same.mean():.4%}"

@@ -60,8 +60,14 @@ def assert_plans_match(ours: dict, theirs: dict) -> None:
         assert o["batch_dice"] == t["batch_dice"], where
         assert o.get("next_stage") == t.get("next_stage"), where
         oa, ta = o["architecture"]["arch_kwargs"], t["architecture"]["arch_kwargs"]
-        for key in ("n_stages", "features_per_stage", "kernel_sizes", "strides",
-                    "n_conv_per_stage", "n_conv_per_stage_decoder"):  # fmt: skip
+        for key in (
+            "n_stages",
+            "features_per_stage",
+            "kernel_sizes",
+            "strides",
+            "n_conv_per_stage",
+            "n_conv_per_stage_decoder",
+        ):
             assert json.loads(json.dumps(oa[key])) == json.loads(json.dumps(ta[key])), (where, key)
 
 
@@ -82,13 +88,18 @@ def assert_fingerprint_geometry_matches(ours: Fingerprint, theirs: dict) -> None
         list(s) for s in theirs["shapes_after_crop"]
     ]
     assert np.allclose([c.spacing for c in cases], theirs["spacings"], rtol=1e-6)
-    assert np.isclose(ours.median_relative_size_after_crop,
-                      theirs["median_relative_size_after_cropping"])  # fmt: skip
+    assert np.isclose(
+        ours.median_relative_size_after_crop, theirs["median_relative_size_after_cropping"]
+    )
 
 
 def assert_preprocessed_match(spec, plans: dict, run, configuration: str, case_ids) -> None:
-    plans = {**plans, "foreground_intensity_properties_per_channel":
-             run.plans["foreground_intensity_properties_per_channel"]}  # fmt: skip
+    plans = {
+        **plans,
+        "foreground_intensity_properties_per_channel": run.plans[
+            "foreground_intensity_properties_per_channel"
+        ],
+    }
     for case_id in case_ids:
         image, label = read_case(spec, spec.case(case_id))
         data, seg, record = preprocess_case(image, label, plans, configuration, case_id)
@@ -137,9 +148,11 @@ def test_anisotropic_ct_demo_matches_nnunet(demo_module, tmp_path):
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
     # at least one compared case really was resampled
     shapes = [load_preprocessed_case(run, "3d_fullres", c)[2] for c in resampled]
-    assert any(list(s["shape_after_cropping_and_before_resampling"]) !=
-               list(load_preprocessed_case(run, "3d_fullres", c)[0].shape[1:])
-               for s, c in zip(shapes, resampled, strict=True))  # fmt: skip
+    assert any(
+        list(s["shape_after_cropping_and_before_resampling"])
+        != list(load_preprocessed_case(run, "3d_fullres", c)[0].shape[1:])
+        for s, c in zip(shapes, resampled, strict=True)
+    )
 
 
 def write_two_channel_dataset(root: Path, n_cases: int = 6) -> Path:
@@ -167,8 +180,9 @@ def write_two_channel_dataset(root: Path, n_cases: int = 6) -> Path:
         label[lesion & head] = 1
         write_volume(Volume(image, affine, "image"), root / "imagesTr" / f"mr_{i:03d}.nii.gz")
         write_volume(Volume.label(label, affine), root / "labelsTr" / f"mr_{i:03d}.nii.gz")
-        training.append({"image": f"./imagesTr/mr_{i:03d}.nii.gz",
-                         "label": f"./labelsTr/mr_{i:03d}.nii.gz"})  # fmt: skip
+        training.append(
+            {"image": f"./imagesTr/mr_{i:03d}.nii.gz", "label": f"./labelsTr/mr_{i:03d}.nii.gz"}
+        )
     meta = {
         "name": "TwoChannel",
         "modality": {"0": "T2", "1": "ADC"},
@@ -193,27 +207,44 @@ def test_two_channel_masked_zscore_matches_nnunet(tmp_path):
 SYNTHETIC = {
     # name: (channel names, n labels, [(spacing (S, A, R), shape), ...], relative size)
     "large_ct_lowres": (
-        ["CT"], 3,
-        [((1.0, 0.8, 0.8), (300, 420, 420)), ((1.5, 0.7, 0.7), (260, 512, 512)),
-         ((0.8, 0.9, 0.9), (340, 380, 400))],
+        ["CT"],
+        3,
+        [
+            ((1.0, 0.8, 0.8), (300, 420, 420)),
+            ((1.5, 0.7, 0.7), (260, 512, 512)),
+            ((0.8, 0.9, 0.9), (340, 380, 400)),
+        ],
         1.0,
     ),
     "thick_slices": (
-        ["MRI"], 2,
-        [((6.0, 0.6, 0.6), (20, 300, 320)), ((5.0, 0.7, 0.7), (24, 256, 256)),
-         ((7.0, 0.5, 0.5), (18, 384, 384))],
+        ["MRI"],
+        2,
+        [
+            ((6.0, 0.6, 0.6), (20, 300, 320)),
+            ((5.0, 0.7, 0.7), (24, 256, 256)),
+            ((7.0, 0.5, 0.5), (18, 384, 384)),
+        ],
         0.9,
     ),
     "brain_four_channels": (
-        ["FLAIR", "T1w", "t1gd", "T2w"], 4, [((1.0, 1.0, 1.0), (155, 240, 240))] * 3, 0.6,
+        ["FLAIR", "T1w", "t1gd", "T2w"],
+        4,
+        [((1.0, 1.0, 1.0), (155, 240, 240))] * 3,
+        0.6,
     ),
     "tiny_isotropic": (
-        ["nonorm"], 2, [((1.0, 1.0, 1.0), (24, 30, 28)), ((1.0, 1.0, 1.0), (20, 32, 30))], 1.0,
+        ["nonorm"],
+        2,
+        [((1.0, 1.0, 1.0), (24, 30, 28)), ((1.0, 1.0, 1.0), (20, 32, 30))],
+        1.0,
     ),
     "anisotropic_inplane": (
-        ["zscore"], 3, [((0.5, 2.0, 0.5), (200, 60, 210)), ((0.6, 2.2, 0.6), (180, 55, 190))], 0.8,
+        ["zscore"],
+        3,
+        [((0.5, 2.0, 0.5), (200, 60, 210)), ((0.6, 2.2, 0.6), (180, 55, 190))],
+        0.8,
     ),
-}  # fmt: skip
+}
 
 _DRIVER = """
 import json, sys
@@ -229,13 +260,28 @@ def _fingerprint(name: str, spec) -> Fingerprint:
     for i in range(9):
         spacing, shape = pattern[i % len(pattern)]
         jitter = 1 + 0.01 * (i % 4)
-        cases.append(CaseFacts(f"{name}_{i}", tuple(s * jitter for s in spacing),
-                               tuple(int(s) for s in shape), tuple(int(s) for s in shape),
-                               rel, "RAS", 1000, ()))  # fmt: skip
+        cases.append(
+            CaseFacts(
+                f"{name}_{i}",
+                tuple(s * jitter for s in spacing),
+                tuple(int(s) for s in shape),
+                tuple(int(s) for s in shape),
+                rel,
+                "RAS",
+                1000,
+                (),
+            )
+        )
     values = (100, 90, 40, -50, 900, 10, 300)
     intensity = tuple(dict(zip(STATS, map(float, values), strict=True)) for _ in channels)
-    return Fingerprint(name, tuple(channels), tuple((v, f"l{v}") for v in range(n_labels)),
-                       tuple(cases), intensity, rel)  # fmt: skip
+    return Fingerprint(
+        name,
+        tuple(channels),
+        tuple((v, f"l{v}") for v in range(n_labels)),
+        tuple(cases),
+        intensity,
+        rel,
+    )
 
 
 def _nnunet_inputs(work: Path, dataset_id: int, fp: Fingerprint) -> None:
@@ -243,8 +289,10 @@ def _nnunet_inputs(work: Path, dataset_id: int, fp: Fingerprint) -> None:
     raw = work / "nnUNet_raw" / name
     (raw / "imagesTr").mkdir(parents=True)
     for c in range(len(fp.channel_names)):  # the planner only looks at one image's suffix
-        write_volume(Volume.image(np.zeros((2, 2, 2), np.float32), np.eye(4)),
-                     raw / "imagesTr" / f"{fp.cases[0].case_id}_{c:04d}.nii.gz")  # fmt: skip
+        write_volume(
+            Volume.image(np.zeros((2, 2, 2), np.float32), np.eye(4)),
+            raw / "imagesTr" / f"{fp.cases[0].case_id}_{c:04d}.nii.gz",
+        )
     meta = {
         "channel_names": {str(i): n for i, n in enumerate(fp.channel_names)},
         "labels": {n: v for v, n in fp.labels},
@@ -263,13 +311,18 @@ def _nnunet_inputs(work: Path, dataset_id: int, fp: Fingerprint) -> None:
     (raw / "dataset.json").write_text(json.dumps(meta))
     pre = work / "nnUNet_preprocessed" / name
     pre.mkdir(parents=True)
-    (pre / "dataset_fingerprint.json").write_text(json.dumps({
-        "spacings": [list(c.spacing) for c in fp.cases],
-        "shapes_after_crop": [list(c.shape_after_crop) for c in fp.cases],
-        "foreground_intensity_properties_per_channel": {
-            str(i): s for i, s in enumerate(fp.foreground_intensity)},
-        "median_relative_size_after_cropping": fp.median_relative_size_after_crop,
-    }))  # fmt: skip
+    (pre / "dataset_fingerprint.json").write_text(
+        json.dumps(
+            {
+                "spacings": [list(c.spacing) for c in fp.cases],
+                "shapes_after_crop": [list(c.shape_after_crop) for c in fp.cases],
+                "foreground_intensity_properties_per_channel": {
+                    str(i): s for i, s in enumerate(fp.foreground_intensity)
+                },
+                "median_relative_size_after_cropping": fp.median_relative_size_after_crop,
+            }
+        )
+    )
 
 
 def test_planner_matches_nnunet_on_synthetic_fingerprints(tmp_path):

@@ -39,16 +39,26 @@ def test_feature_map_voxels_equal_the_network_library():
     rng = np.random.default_rng(1)
     for _ in range(150):
         dim = int(rng.choice([2, 3]))
-        topo = pool_and_conv_props(list(rng.choice([0.5, 1.0, 2.5, 5.0], dim)),
-                                   list(rng.integers(8, 200, dim)))  # fmt: skip
+        topo = pool_and_conv_props(
+            list(rng.choice([0.5, 1.0, 2.5, 5.0], dim)), list(rng.integers(8, 200, dim))
+        )
         arch = _architecture(topo, PlannerSettings(base_features=int(rng.choice([8, 16, 32]))))
         kw = arch["arch_kwargs"]
         n_classes, deep = int(rng.integers(2, 6)), bool(rng.integers(0, 2))
         net = build_network(arch, 1, n_classes, deep_supervision=deep, device="meta")
         expected = int(net.compute_conv_feature_map_size(list(topo.patch_size)))
-        assert feature_map_voxels(topo.patch_size, kw["strides"], kw["features_per_stage"],
-                                  kw["n_conv_per_stage"], kw["n_conv_per_stage_decoder"],
-                                  n_classes, deep) == expected  # fmt: skip
+        assert (
+            feature_map_voxels(
+                topo.patch_size,
+                kw["strides"],
+                kw["features_per_stage"],
+                kw["n_conv_per_stage"],
+                kw["n_conv_per_stage_decoder"],
+                n_classes,
+                deep,
+            )
+            == expected
+        )
 
 
 def test_build_network_refuses_components_outside_the_allow_list():
@@ -71,16 +81,24 @@ def test_anisotropic_target_spacing_uses_the_10th_percentile():
 
 def fingerprint(spacing, shape, n=10, channels=("CT",)):
     cases = tuple(CaseFacts(f"c{i}", spacing, shape, shape, 1.0, "RAS", 1, ()) for i in range(n))
-    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -1.0, "max": 1.0,
-             "percentile_00_5": -1.0, "percentile_99_5": 1.0}  # fmt: skip
+    stats = {
+        "mean": 0.0,
+        "median": 0.0,
+        "std": 1.0,
+        "min": -1.0,
+        "max": 1.0,
+        "percentile_00_5": -1.0,
+        "percentile_99_5": 1.0,
+    }
     return Fingerprint("x", channels, ((0, "bg"), (1, "fg")), cases, (stats,) * len(channels), 1.0)
 
 
 def test_overrides_change_inputs_not_rules():
     fp = fingerprint((1.0, 1.0, 1.0), (128, 128, 128))
     default = plan_experiment(fp)["configurations"]["3d_fullres"]
-    small = plan_experiment(fp, PlannerSettings(gpu_memory_gb=1.0, base_features=16,
-                                                configurations=("3d_fullres",)))  # fmt: skip
+    small = plan_experiment(
+        fp, PlannerSettings(gpu_memory_gb=1.0, base_features=16, configurations=("3d_fullres",))
+    )
     assert list(small["configurations"]) == ["3d_fullres"]
     small = small["configurations"]["3d_fullres"]
     assert np.prod(small["patch_size"]) < np.prod(default["patch_size"])

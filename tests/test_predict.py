@@ -24,18 +24,30 @@ def trained(demo_models):
     return root, plans, checkpoints
 
 
-
-
 def test_predict_files_keeps_input_geometry(trained, demo_dataset, tmp_path):
     root, plans, ckpt = trained
-    model = export_model(tmp_path / "model", plans,
-                         [{"configuration": "3d_fullres", "folds": [0, 1]}], ckpt)  # fmt: skip
+    model = export_model(
+        tmp_path / "model", plans, [{"configuration": "3d_fullres", "folds": [0, 1]}], ckpt
+    )
     meta = json.loads((model / "model.json").read_text())
     assert meta["schema"] == "medseg.model" and meta["medseg_version"]
     out = tmp_path / "out"
     missing = tmp_path / "missing.nii.gz"
-    r = run_medseg("predict", "-m", model, "-i", demo_dataset / "imagesTs", missing,
-                   "-o", out, "--formats", "nifti", "probabilities", "--device", "cpu")  # fmt: skip
+    r = run_medseg(
+        "predict",
+        "-m",
+        model,
+        "-i",
+        demo_dataset / "imagesTs",
+        missing,
+        "-o",
+        out,
+        "--formats",
+        "nifti",
+        "probabilities",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 1, r.stderr  # the missing input counts as a failure
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert [x["status"] for x in lines] == ["failed", "ok", "ok"]
@@ -75,8 +87,9 @@ def test_predict_files_keeps_input_geometry(trained, demo_dataset, tmp_path):
 def test_folds_and_configuration_ensemble(trained, demo_dataset):
     root, plans, ckpt = trained
     image = read_volume(demo_dataset / "imagesTs" / "demo_100.nii.gz")
-    single = export_model(root / "m_single", plans,
-                          [{"configuration": "3d_fullres", "folds": [0, 1]}], ckpt)  # fmt: skip
+    single = export_model(
+        root / "m_single", plans, [{"configuration": "3d_fullres", "folds": [0, 1]}], ckpt
+    )
     ensemble = export_model(
         root / "m_ens",
         plans,
@@ -107,19 +120,36 @@ def test_cascade_feeds_the_previous_stage(trained, demo_dataset, tmp_path):
     root, plans, ckpt = trained
     plans = json.loads(json.dumps(plans))
     full = plans["configurations"]["3d_fullres"]
-    low = {**full, "spacing": [s * 1.5 for s in full["spacing"]],
-           "data_identifier": "x_3d_lowres", "next_stage": "3d_cascade_fullres"}  # fmt: skip
+    low = {
+        **full,
+        "spacing": [s * 1.5 for s in full["spacing"]],
+        "data_identifier": "x_3d_lowres",
+        "next_stage": "3d_cascade_fullres",
+    }
     plans["configurations"]["3d_lowres"] = low
-    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres",
-                                                     "previous_stage": "3d_lowres"}  # fmt: skip
+    plans["configurations"]["3d_cascade_fullres"] = {
+        "inherits_from": "3d_fullres",
+        "previous_stage": "3d_lowres",
+    }
     n_classes = len(plans["labels"])
     cascade_net = build_network(full["architecture"], 1 + n_classes - 1, n_classes)
     save_checkpoint(tmp_path / "cascade.safetensors", cascade_net, {"configuration": full})
-    checkpoints = {"3d_lowres": {0: ckpt["3d_fullres"][0]},
-                   "3d_cascade_fullres": {0: tmp_path / "cascade.safetensors"}}  # fmt: skip
-    model = export_model(tmp_path / "cascade", plans, [{
-        "configuration": "3d_cascade_fullres", "folds": [0],
-        "previous": {"configuration": "3d_lowres", "folds": [0]}}], checkpoints)  # fmt: skip
+    checkpoints = {
+        "3d_lowres": {0: ckpt["3d_fullres"][0]},
+        "3d_cascade_fullres": {0: tmp_path / "cascade.safetensors"},
+    }
+    model = export_model(
+        tmp_path / "cascade",
+        plans,
+        [
+            {
+                "configuration": "3d_cascade_fullres",
+                "folds": [0],
+                "previous": {"configuration": "3d_lowres", "folds": [0]},
+            }
+        ],
+        checkpoints,
+    )
     bundle = load_model(model)
     member = bundle.members[0]
     assert member.previous.configuration == "3d_lowres"

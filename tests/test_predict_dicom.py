@@ -34,14 +34,25 @@ def hippocampus_model(tmp_path_factory, hippocampus):
     root = tmp_path_factory.mktemp("hippo_model")
     full = load_dataset(hippocampus)
     spec = DatasetSpec(**{**full.__dict__, "training": full.training[:24]})
-    plans = plan_experiment(extract_fingerprint(spec, processes=2), PlannerSettings(
-        base_features=8, configurations=("3d_fullres",),
-        patch_size={"3d_fullres": (32, 32, 32)}))  # fmt: skip
+    plans = plan_experiment(
+        extract_fingerprint(spec, processes=2),
+        PlannerSettings(
+            base_features=8, configurations=("3d_fullres",), patch_size={"3d_fullres": (32, 32, 32)}
+        ),
+    )
     plans["configurations"]["3d_fullres"]["batch_size"] = 4
     preprocess_dataset(spec, plans, "3d_fullres", root / "pre", processes=2)
     splits = make_splits([c.case_id for c in spec.training], 2, seed=0)
-    settings = TrainSettings("3d_fullres", 0, device="cpu", epochs=3, iterations=15,
-                             val_iterations=2, workers=1, initial_lr=0.02)  # fmt: skip
+    settings = TrainSettings(
+        "3d_fullres",
+        0,
+        device="cpu",
+        epochs=3,
+        iterations=15,
+        val_iterations=2,
+        workers=1,
+        initial_lr=0.02,
+    )
     train(plans, splits, root / "pre", root / "fold_0", settings)
     return export_model(
         root / "model",
@@ -49,8 +60,6 @@ def hippocampus_model(tmp_path_factory, hippocampus):
         [{"configuration": "3d_fullres", "folds": [0]}],
         {"3d_fullres": {0: root / "fold_0" / "checkpoint_final.safetensors"}},
     )
-
-
 
 
 def test_dicom_series_to_nifti_and_dicom_seg(hippocampus_model, dicom_dir, tmp_path):
@@ -83,12 +92,26 @@ def test_batch_folder_with_invalid_series_continues(hippocampus_model, dicom_dir
     for name in SERIES:
         shutil.copytree(dicom_dir / name, hospital / "patient_a" / name)
     for name in INVALID:
-        shutil.copytree(dicom_dir / "invalid_series" / name, hospital / "broken" / name,
-                        ignore=shutil.ignore_patterns("*.nii.gz"))  # fmt: skip
+        shutil.copytree(
+            dicom_dir / "invalid_series" / name,
+            hospital / "broken" / name,
+            ignore=shutil.ignore_patterns("*.nii.gz"),
+        )
     shutil.copytree(dicom_dir / "ct_abdomen_jpeg2000", hospital / "patient_b" / "ct")
     out = tmp_path / "out"
-    r = run_medseg("predict", "-m", hippocampus_model, "-i", hospital, "-o", out, "--device", "cpu",
-               "--formats", "nifti")  # fmt: skip
+    r = run_medseg(
+        "predict",
+        "-m",
+        hippocampus_model,
+        "-i",
+        hospital,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--formats",
+        "nifti",
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     ok = [x for x in lines if x["status"] == "ok"]

@@ -62,20 +62,38 @@ def test_resampled_ct_round_trip_dice(shared_data, target):
     src = shared_data / "ct_spleen_crop"
     image = read_volume(src / "spleen_2_crop.nii.gz")
     label = read_volume(src / "spleen_2_crop_label.nii.gz", "label")
-    fp = Fingerprint("spleen", ("CT",), ((0, "background"), (1, "spleen")),
-                     (CaseFacts("s", (5.0, 0.795, 0.795), (26, 166, 164), (26, 166, 164), 1.0,
-                                "RAS", 1, ()),), ({"mean": 100.0, "median": 100.0, "std": 50.0,
-                     "min": -100.0, "max": 300.0, "percentile_00_5": -50.0,
-                     "percentile_99_5": 250.0},), 1.0)  # fmt: skip
-    plans = plan_experiment(fp, PlannerSettings(configurations=("3d_fullres",),
-                                                target_spacing=target))  # fmt: skip
+    fp = Fingerprint(
+        "spleen",
+        ("CT",),
+        ((0, "background"), (1, "spleen")),
+        (CaseFacts("s", (5.0, 0.795, 0.795), (26, 166, 164), (26, 166, 164), 1.0, "RAS", 1, ()),),
+        (
+            {
+                "mean": 100.0,
+                "median": 100.0,
+                "std": 50.0,
+                "min": -100.0,
+                "max": 300.0,
+                "percentile_00_5": -50.0,
+                "percentile_99_5": 250.0,
+            },
+        ),
+        1.0,
+    )
+    plans = plan_experiment(
+        fp, PlannerSettings(configurations=("3d_fullres",), target_spacing=target)
+    )
     data, seg, record = preprocess_case(image, label, plans, "3d_fullres")
     resampled = step(record, "resample")
     assert resampled["shape_after"] != resampled["shape_before"]
     assert record["shape"] == resampled["shape_after"] == list(seg.shape)
     assert [s["step"] for s in record["steps"]] == [
-        "processing_grid", "transpose", "crop", "normalize", "resample"
-    ]  # fmt: skip
+        "processing_grid",
+        "transpose",
+        "crop",
+        "normalize",
+        "resample",
+    ]
     back = to_original(seg, record)
     assert back.array.shape == label.array.shape
     assert np.array_equal(back.affine, label.affine)
@@ -143,8 +161,13 @@ def test_normalize_schemes():
     seg[:2] = OUTSIDE
     data[2][seg < 0] = 0
     ct = {"mean": 40.0, "std": 5.0, "percentile_00_5": 30.0, "percentile_99_5": 60.0}
-    out = normalize(data.copy(), ["CTNormalization", "ZScoreNormalization", "ZScoreNormalization"],
-                    [False, False, True], {"0": ct}, seg)  # fmt: skip
+    out = normalize(
+        data.copy(),
+        ["CTNormalization", "ZScoreNormalization", "ZScoreNormalization"],
+        [False, False, True],
+        {"0": ct},
+        seg,
+    )
     assert out[0].min() >= (30 - 40) / 5 - 1e-6 and out[0].max() <= (60 - 40) / 5 + 1e-6
     assert abs(out[1].mean()) < 1e-5 and abs(out[1].std() - 1) < 1e-4
     inside = out[2][seg >= 0]

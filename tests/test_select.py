@@ -71,20 +71,48 @@ def test_export_writes_the_selected_model(demo_models, demo_dataset, tmp_path):
     (tmp_path / "plans.json").write_text(json.dumps(plans))
     (tmp_path / "splits.json").write_text(json.dumps(splits))
 
-
     cv = tmp_path / "cv"
-    r = run_medseg("select", root / "models", "--dataset", demo_dataset, "--plans",
-               tmp_path / "plans.json", "--splits", tmp_path / "splits.json", "-o", cv,
-               "--configurations", "3d_fullres", "-j", "1")  # fmt: skip
+    r = run_medseg(
+        "select",
+        root / "models",
+        "--dataset",
+        demo_dataset,
+        "--plans",
+        tmp_path / "plans.json",
+        "--splits",
+        tmp_path / "splits.json",
+        "-o",
+        cv,
+        "--configurations",
+        "3d_fullres",
+        "-j",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     assert "model written" not in r.stdout and not (tmp_path / "model").exists()
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    r = run_medseg("export", root / "models", "--plans", tmp_path / "plans.json",
-               "--selection", bad, "-o", tmp_path / "model")  # fmt: skip
+    r = run_medseg(
+        "export",
+        root / "models",
+        "--plans",
+        tmp_path / "plans.json",
+        "--selection",
+        bad,
+        "-o",
+        tmp_path / "model",
+    )
     assert r.returncode != 0 and "not a selection" in r.stderr and "bad.json" in r.stderr
-    r = run_medseg("export", root / "models", "--plans", tmp_path / "plans.json",
-               "--selection", cv / "selection.json", "-o", tmp_path / "model")  # fmt: skip
+    r = run_medseg(
+        "export",
+        root / "models",
+        "--plans",
+        tmp_path / "plans.json",
+        "--selection",
+        cv / "selection.json",
+        "-o",
+        tmp_path / "model",
+    )
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert [m["configuration"] for m in meta["members"]] == ["3d_fullres"]
@@ -106,8 +134,11 @@ def test_a_rerun_of_select_takes_unchanged_results_from_the_cache(
     root, plans, splits, _ = demo_models
     spec, cv = load_dataset(demo_dataset), tmp_path / "cv"
     calls: dict[str, list] = {}
-    for module, name in ((metrics, "_score_group"), (ensemble, "_make_case"),
-                         (postprocessing, "_candidate_dice")):  # fmt: skip
+    for module, name in (
+        (metrics, "_score_group"),
+        (ensemble, "_make_case"),
+        (postprocessing, "_candidate_dice"),
+    ):
         original, seen = getattr(module, name), calls.setdefault(name, [])
         monkeypatch.setattr(module, name, lambda job, f=original, s=seen: s.append(job) or f(job))
 

@@ -66,9 +66,15 @@ def test_tile_slices_cover_the_image_in_nnunet_order() -> None:
 
 @pytest.mark.parametrize(
     ("patch", "sigma_scale"),
-    [((32, 48, 48), 1 / 8), ((40, 56, 40), 1 / 8), ((5, 7, 9), 1 / 8), ((56, 40), 1 / 8),
-     ((17, 24, 31), 1 / 16), ((64,), 0.3)],
-)  # fmt: skip
+    [
+        ((32, 48, 48), 1 / 8),
+        ((40, 56, 40), 1 / 8),
+        ((5, 7, 9), 1 / 8),
+        ((56, 40), 1 / 8),
+        ((17, 24, 31), 1 / 16),
+        ((64,), 0.3),
+    ],
+)
 def test_gaussian_matches_nnunet(patch: tuple[int, ...], sigma_scale: float) -> None:
     ours = gaussian_importance(patch, sigma_scale)
     theirs = compute_gaussian(patch, sigma_scale, 1, dtype=torch.float32, device="cpu")
@@ -111,9 +117,13 @@ def _one_hot(shape: tuple[int, ...], classes: int = 3, seed: int = 0) -> np.ndar
 
 @pytest.mark.parametrize(
     ("shape", "patch"),
-    [((20, 37, 29), (16, 16, 16)), ((10, 37, 5), (16, 16, 16)), ((16, 16, 16), (16, 16, 16)),
-     ((6, 33, 21), (16, 16))],
-)  # fmt: skip
+    [
+        ((20, 37, 29), (16, 16, 16)),
+        ((10, 37, 5), (16, 16, 16)),
+        ((16, 16, 16), (16, 16, 16)),
+        ((6, 33, 21), (16, 16)),
+    ],
+)
 def test_identity_network_gives_back_its_input(shape, patch) -> None:
     image = _one_hot(shape)
     net = _identity(3, len(patch))
@@ -231,10 +241,22 @@ def _plain_unet(dim: int = 3) -> nn.Module:
     torch.manual_seed(0)
     conv, norm = (nn.Conv3d, nn.InstanceNorm3d) if dim == 3 else (nn.Conv2d, nn.InstanceNorm2d)
     return PlainConvUNet(
-        1, 4, (8, 16, 32, 64), conv, 3, (1, 2, 2, 2), 2, 3, 1, conv_bias=True,
-        norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
-        nonlin_kwargs={"inplace": True}, deep_supervision=False,
-    ).eval()  # fmt: skip
+        1,
+        4,
+        (8, 16, 32, 64),
+        conv,
+        3,
+        (1, 2, 2, 2),
+        2,
+        3,
+        1,
+        conv_bias=True,
+        norm_op=norm,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=False,
+    ).eval()
 
 
 def _nnunet_logits(net, image, patch, mirror_axes, monkeypatch=None) -> torch.Tensor:
@@ -245,13 +267,21 @@ def _nnunet_logits(net, image, patch, mirror_axes, monkeypatch=None) -> torch.Te
     architecture = {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []}
     configuration = {"patch_size": list(patch), "architecture": architecture}
     plans = PlansManager(
-        {"dataset_name": "D", "plans_name": "P", "label_manager": "LabelManager",
-         "configurations": {"c": configuration}}
-    )  # fmt: skip
+        {
+            "dataset_name": "D",
+            "plans_name": "P",
+            "label_manager": "LabelManager",
+            "configurations": {"c": configuration},
+        }
+    )
     predictor = pfrd.nnUNetPredictor(
-        tile_step_size=0.5, use_gaussian=True, use_mirroring=bool(mirror_axes),
-        perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False,
-    )  # fmt: skip
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=bool(mirror_axes),
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
     dataset_json = {"labels": {"background": 0, "a": 1, "b": 2}}
     configuration = plans.get_configuration("c")
     axes = mirror_axes or None
@@ -266,9 +296,10 @@ def _nnunet_logits(net, image, patch, mirror_axes, monkeypatch=None) -> torch.Te
 
         monkeypatch.setattr(pfrd, "torch", _Float32Torch())
         monkeypatch.setattr(
-            pfrd, "compute_gaussian",
+            pfrd,
+            "compute_gaussian",
             lambda *a, **k: compute_gaussian(*a, **{**k, "dtype": torch.float32}),
-        )  # fmt: skip
+        )
     try:
         return predictor.predict_sliding_window_return_logits(torch.as_tensor(image)).float()
     finally:
@@ -335,5 +366,7 @@ def test_monai_blending_agrees_where_its_tiles_are_nnunets(case) -> None:
         )[0]
     assert (same_map - ours).abs().max() < 1e-4
     changed = (own_map.argmax(0) != ours.argmax(0)).float().mean().item()
-    print(f"\nMONAI's own Gaussian: max diff {(own_map - ours).abs().max():.3f}, "
-          f"argmax differs at {changed:.2%} of voxels")  # fmt: skip
+    print(
+        f"\nMONAI's own Gaussian: max diff {(own_map - ours).abs().max():.3f}, "
+        f"argmax differs at {changed:.2%} of voxels"
+    )

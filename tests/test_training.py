@@ -28,8 +28,12 @@ from medseg.prepare.preprocess import preprocess_dataset
 from medseg.training.data import CaseStore, forced_foreground, sample_batch
 from medseg.training.loop import TrainSettings, train
 
-TINY = PlannerSettings(gpu_memory_gb=0.5, base_features=4, configurations=("3d_fullres",),
-                       patch_size={"3d_fullres": (8, 32, 32)})  # fmt: skip
+TINY = PlannerSettings(
+    gpu_memory_gb=0.5,
+    base_features=4,
+    configurations=("3d_fullres",),
+    patch_size={"3d_fullres": (8, 32, 32)},
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,16 @@ def tiny(tmp_path_factory, demo_dataset):
 
 def test_tiny_plan_learns(tiny, tmp_path):
     root, plans, splits = tiny
-    settings = TrainSettings("3d_fullres", 0, device="cpu", epochs=4, iterations=12,
-                             val_iterations=2, workers=0, initial_lr=0.02)  # fmt: skip
+    settings = TrainSettings(
+        "3d_fullres",
+        0,
+        device="cpu",
+        epochs=4,
+        iterations=12,
+        val_iterations=2,
+        workers=0,
+        initial_lr=0.02,
+    )
     last = train(plans, splits, root / "pre", tmp_path / "m", settings)
     history = [json.loads(line) for line in (tmp_path / "m" / "training_log.jsonl").open()]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3] and last == history[-1]
@@ -63,22 +75,47 @@ def test_tiny_plan_learns(tiny, tmp_path):
 
 
 def _train_cmd(root: Path, out: Path, epochs: int, *extra: str) -> list[str]:
-    return [*MEDSEG, "train", str(root / "pre"),
-            str(root / "plans.json"), str(root / "splits.json"), "--config", "3d_fullres",
-            "--fold", "1", "-o", str(out), "--device", "cpu", "--epochs", str(epochs),
-            "--iterations", "6", "--val-iterations", "2", "--workers", "1",
-            "--no-validation", *extra]  # fmt: skip
+    return [
+        *MEDSEG,
+        "train",
+        str(root / "pre"),
+        str(root / "plans.json"),
+        str(root / "splits.json"),
+        "--config",
+        "3d_fullres",
+        "--fold",
+        "1",
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        str(epochs),
+        "--iterations",
+        "6",
+        "--val-iterations",
+        "2",
+        "--workers",
+        "1",
+        "--no-validation",
+        *extra,
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny, tmp_path):
     root, _, _ = tiny
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = subprocess.run(_train_cmd(root, tmp_path / "whole", 3), env=env,
-                           capture_output=True, text=True)  # fmt: skip
+    whole = subprocess.run(
+        _train_cmd(root, tmp_path / "whole", 3), env=env, capture_output=True, text=True
+    )
     assert whole.returncode == 0, whole.stderr
     log = tmp_path / "cut" / "training_log.jsonl"
-    proc = subprocess.Popen(_train_cmd(root, tmp_path / "cut", 3), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(root, tmp_path / "cut", 3),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
         time.sleep(0.05)
@@ -88,11 +125,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny, tmp_path):
     done = len(log.read_text().splitlines())
     assert done == 2, f"killed after {done} epochs; the test needs a kill during epoch 2"
     assert not (tmp_path / "cut" / "checkpoint_final.safetensors").exists()
-    refused = subprocess.run(_train_cmd(root, tmp_path / "cut", 3), env=env,
-                             capture_output=True, text=True)  # fmt: skip
+    refused = subprocess.run(
+        _train_cmd(root, tmp_path / "cut", 3), env=env, capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = subprocess.run(_train_cmd(root, tmp_path / "cut", 3, "--resume"), env=env,
-                             capture_output=True, text=True)  # fmt: skip
+    resumed = subprocess.run(
+        _train_cmd(root, tmp_path / "cut", 3, "--resume"), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     a = model_weights(load_checkpoint(tmp_path / "whole" / "checkpoint_final.safetensors")[0])
     b = model_weights(load_checkpoint(tmp_path / "cut" / "checkpoint_final.safetensors")[0])
@@ -152,11 +191,32 @@ def test_train_cli_then_fold_validation_in_original_geometry(tiny, demo_dataset,
 
     root, plans, splits = tiny
     out = tmp_path / "fold0"
-    cmd = [*MEDSEG, "train", str(root / "pre"),
-           str(root / "plans.json"), str(root / "splits.json"), "--config", "3d_fullres",
-           "--fold", "0", "-o", str(out), "--device", "cpu", "--epochs", "1",
-           "--iterations", "4", "--val-iterations", "1", "--workers", "1",
-           "--dataset", str(demo_dataset), "--no-mirroring"]  # fmt: skip
+    cmd = [
+        *MEDSEG,
+        "train",
+        str(root / "pre"),
+        str(root / "plans.json"),
+        str(root / "splits.json"),
+        "--config",
+        "3d_fullres",
+        "--fold",
+        "0",
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--iterations",
+        "4",
+        "--val-iterations",
+        "1",
+        "--workers",
+        "1",
+        "--dataset",
+        str(demo_dataset),
+        "--no-mirroring",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "epoch 0:" in result.stdout and "fold validation (3 cases)" in result.stdout
@@ -177,8 +237,9 @@ def test_train_cli_then_fold_validation_in_original_geometry(tiny, demo_dataset,
 def test_resume_sets_a_stale_checkpoint_aside(tiny, tmp_path):
     """--resume with a checkpoint from another split starts over instead of mixing runs."""
     root, plans, splits = tiny
-    settings = TrainSettings("3d_fullres", 0, device="cpu", epochs=1, iterations=2,
-                             val_iterations=1, workers=0)  # fmt: skip
+    settings = TrainSettings(
+        "3d_fullres", 0, device="cpu", epochs=1, iterations=2, val_iterations=1, workers=0
+    )
     train(plans, splits, root / "pre", tmp_path / "m", settings)
     other = {**splits, "folds": [splits["folds"][1], splits["folds"][0]]}
     train(plans, other, root / "pre", tmp_path / "m", settings, resume=True)
@@ -196,22 +257,38 @@ def test_validation_only_needs_a_finished_training(tiny, demo_dataset, tmp_path)
     root, _, _ = tiny
     base = _train_cmd(root, tmp_path / "m", 1)
     base.remove("--no-validation")
-    result = subprocess.run([*base, "--validation-only", "--dataset", str(demo_dataset)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [*base, "--validation-only", "--dataset", str(demo_dataset)], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "no checkpoint_final" in result.stderr
     assert subprocess.run([*base, "--no-validation"], capture_output=True).returncode == 0
-    result = subprocess.run([*base, "--validation-only", "--dataset", str(demo_dataset),
-                             "--no-mirroring"], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [*base, "--validation-only", "--dataset", str(demo_dataset), "--no-mirroring"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "epoch" not in result.stdout and "fold validation (3 cases)" in result.stdout
     metrics = tmp_path / "m" / "validation" / "metrics.json"
     first = json.loads(metrics.read_text())
     metrics.unlink()
     # the same stage on its own (the workflow's validate rule)
-    validate = [*MEDSEG, "validate", str(root / "pre"),
-                str(root / "plans.json"), str(root / "splits.json"), "--fold", "1",
-                "-o", str(tmp_path / "m"), "--device", "cpu", "--dataset", str(demo_dataset),
-                "--no-mirroring"]  # fmt: skip
+    validate = [
+        *MEDSEG,
+        "validate",
+        str(root / "pre"),
+        str(root / "plans.json"),
+        str(root / "splits.json"),
+        "--fold",
+        "1",
+        "-o",
+        str(tmp_path / "m"),
+        "--device",
+        "cpu",
+        "--dataset",
+        str(demo_dataset),
+        "--no-mirroring",
+    ]
     result = subprocess.run(validate, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(metrics.read_text()) == first

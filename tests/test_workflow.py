@@ -25,28 +25,60 @@ TINY = {
     "configurations": ["3d_fullres"],
     "folds": 2,
     "device": "cpu",
-    "planner": {"gpu_memory_gb": 0.5, "base_features": 4,
-                "patch_size": {"3d_fullres": [8, 32, 32]}},
-    "training": {"epochs": 3, "iterations": 6, "val_iterations": 1, "workers": 0, "threads": 1,
-                 "mirroring": False, "mem_mb": 2000, "runtime": 10},
-}  # fmt: skip
+    "planner": {
+        "gpu_memory_gb": 0.5,
+        "base_features": 4,
+        "patch_size": {"3d_fullres": [8, 32, 32]},
+    },
+    "training": {
+        "epochs": 3,
+        "iterations": 6,
+        "val_iterations": 1,
+        "workers": 0,
+        "threads": 1,
+        "mirroring": False,
+        "mem_mb": 2000,
+        "runtime": 10,
+    },
+}
 
 
 def snakemake(workdir: Path, *args: str, wait: bool = True):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", *args]  # fmt: skip
+    cmd = [
+        str(bin_dir / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 def tiny_config(tmp_path: Path, dataset: Path, output: str = "out") -> Path:
-    config = {**TINY, "dataset": str(dataset), "output": output,
-              "test": {"images": str(dataset / "imagesTs"), "labels": str(dataset / "labelsTs"),
-                       "formats": ["nifti"], "mirroring": False}}  # fmt: skip
+    config = {
+        **TINY,
+        "dataset": str(dataset),
+        "output": output,
+        "test": {
+            "images": str(dataset / "imagesTs"),
+            "labels": str(dataset / "labelsTs"),
+            "formats": ["nifti"],
+            "mirroring": False,
+        },
+    }
     path = tmp_path / f"{output}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -81,10 +113,23 @@ def test_whole_workflow_on_a_tiny_config(demo_dataset, tmp_path):
     assert test["n_cases"] == 2
     for png in ("qc.png", "training_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    rules = ("check_dataset", "fingerprint", "plan", "split", "preprocess_3d_fullres",
-             "train_3d_fullres_fold_0", "train_3d_fullres_fold_1", "validate_3d_fullres_fold_0",
-             "validate_3d_fullres_fold_1", "select", "export", "predict_test", "evaluate_test",
-             "qc", "curves")  # fmt: skip
+    rules = (
+        "check_dataset",
+        "fingerprint",
+        "plan",
+        "split",
+        "preprocess_3d_fullres",
+        "train_3d_fullres_fold_0",
+        "train_3d_fullres_fold_1",
+        "validate_3d_fullres_fold_0",
+        "validate_3d_fullres_fold_1",
+        "select",
+        "export",
+        "predict_test",
+        "evaluate_test",
+        "qc",
+        "curves",
+    )
     for rule in rules:
         assert (out / "logs" / f"{rule}.log").exists(), rule
         assert (out / "benchmarks" / f"{rule}.tsv").exists(), rule
@@ -104,12 +149,21 @@ def test_workflow_on_a_two_channel_nnunet_dataset(demo_module, tmp_path):
     """nnU-Net v2 raw layout, 2 channels, imagesTs/CASE_000X.nii.gz and labelsTs/CASE.nii.gz:
     one prediction per test case, named and placed like its reference, every case scored;
     and the test folders are inputs (a change reruns the test stage)."""
-    data = demo_module.write_dataset(tmp_path / "Dataset", 4, 2, seed=1, layout="nnunet",
-                                     channels=2)  # fmt: skip
-    config = {**TINY, "dataset": str(data), "output": "out",
-              "training": {**TINY["training"], "epochs": 1, "iterations": 4},
-              "test": {"images": str(data / "imagesTs"), "labels": str(data / "labelsTs"),
-                       "formats": ["nifti"], "mirroring": False}}  # fmt: skip
+    data = demo_module.write_dataset(
+        tmp_path / "Dataset", 4, 2, seed=1, layout="nnunet", channels=2
+    )
+    config = {
+        **TINY,
+        "dataset": str(data),
+        "output": "out",
+        "training": {**TINY["training"], "epochs": 1, "iterations": 4},
+        "test": {
+            "images": str(data / "imagesTs"),
+            "labels": str(data / "labelsTs"),
+            "formats": ["nifti"],
+            "mirroring": False,
+        },
+    }
     path = tmp_path / "nnunet.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--configfile", str(path))
@@ -132,8 +186,10 @@ def test_workflow_on_a_two_channel_nnunet_dataset(demo_module, tmp_path):
     assert _dry_run_jobs(tmp_path, path) == set()
     # the test folders are inputs: a new case, or a label rewritten, reruns what depends on them
     for c in (0, 1):
-        shutil.copy(data / "imagesTs" / f"demo_101_{c:04d}.nii.gz",
-                    data / "imagesTs" / f"demo_102_{c:04d}.nii.gz")  # fmt: skip
+        shutil.copy(
+            data / "imagesTs" / f"demo_101_{c:04d}.nii.gz",
+            data / "imagesTs" / f"demo_102_{c:04d}.nii.gz",
+        )
     assert _dry_run_jobs(tmp_path, path) == {"predict_test", "evaluate_test", "qc"}
     for c in (0, 1):
         (data / "imagesTs" / f"demo_102_{c:04d}.nii.gz").unlink()
@@ -189,15 +245,28 @@ def test_sigkill_and_rerun_gives_the_same_outputs(demo_dataset, tmp_path):
 def test_summary_says_which_planned_configurations_were_trained(tmp_path):
     from medseg.cli.summary import trained_status
 
-    config = {"spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8], "batch_size": 2,
-              "architecture": {"arch_kwargs": {"n_stages": 3}},
-              "normalization_schemes": ["CTNormalization"],
-              "use_mask_for_norm": [False]}  # fmt: skip
+    config = {
+        "spacing": [1.0, 1.0, 1.0],
+        "patch_size": [8, 8, 8],
+        "batch_size": 2,
+        "architecture": {"arch_kwargs": {"n_stages": 3}},
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+    }
     cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
-    configurations = {"3d_fullres": config, "2d": config, "3d_lowres": config,
-                      "3d_cascade_fullres": cascade}  # fmt: skip
-    plans = {"dataset_name": "X", "configurations": configurations, "channel_names": ["CT"],
-             "labels": [[0, "background"], [1, "organ"]], "transpose_forward": [0, 1, 2]}
+    configurations = {
+        "3d_fullres": config,
+        "2d": config,
+        "3d_lowres": config,
+        "3d_cascade_fullres": cascade,
+    }
+    plans = {
+        "dataset_name": "X",
+        "configurations": configurations,
+        "channel_names": ["CT"],
+        "labels": [[0, "background"], [1, "organ"]],
+        "transpose_forward": [0, 1, 2],
+    }
     (tmp_path / "plans.json").write_text(json.dumps(plans))
     (tmp_path / "splits.json").write_text(json.dumps({"folds": [{"val": []}, {"val": []}]}))
     for name, folds in (("3d_fullres", (0, 1, 7)), ("3d_lowres", (1,))):
@@ -215,14 +284,20 @@ def test_summary_says_which_planned_configurations_were_trained(tmp_path):
     (tmp_path / "models" / "2d" / "fold_0").rmdir()
     (tmp_path / "models" / "2d").rmdir()
     assert trained_status(tmp_path, plans)["2d"] == "not trained"
-    result = subprocess.run([*MEDSEG, "summary", str(tmp_path)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run([*MEDSEG, "summary", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines()
-             if line.count("│") == 8]  # fmt: skip
+    cells = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in result.stdout.splitlines()
+        if line.count("│") == 8
+    ]
     rows = {row[0]: row[-1] for row in cells if row[0]}  # first line of each table row
-    assert rows == {"3d_fullres": "2 of 2 folds", "2d": "not trained", "3d_lowres": "1 of 2 folds",
-                    "3d_cascade_fullres": rows["3d_cascade_fullres"]}  # fmt: skip
+    assert rows == {
+        "3d_fullres": "2 of 2 folds",
+        "2d": "not trained",
+        "3d_lowres": "1 of 2 folds",
+        "3d_cascade_fullres": rows["3d_cascade_fullres"],
+    }
     assert rows["3d_cascade_fullres"].startswith("not trained")
 
 
@@ -233,9 +308,16 @@ def test_workflow_lint_is_clean(tmp_path):
 
 
 def test_slurm_profile_dry_run(demo_dataset, tmp_path):
-    result = snakemake(tmp_path, "-n", "--profile", str(ROOT / "pipelines/profiles/slurm"),
-                       "--configfile", str(tiny_config(tmp_path, demo_dataset)),
-                       "--config", "device=cuda")  # fmt: skip
+    result = snakemake(
+        tmp_path,
+        "-n",
+        "--profile",
+        str(ROOT / "pipelines/profiles/slurm"),
+        "--configfile",
+        str(tiny_config(tmp_path, demo_dataset)),
+        "--config",
+        "device=cuda",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "slurm_partition=cpu" in result.stdout
 

@@ -50,6 +50,10 @@ def add_command(sub, name: str, help_text: str, epilog: str, run) -> argparse.Ar
     )
     parser.set_defaults(run=run)
     # also accepted after the command name; SUPPRESS keeps the top-level value otherwise
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the traceback of any error (for bug reports)")  # fmt: skip
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of any error (for bug reports)",
+    )
     return parser

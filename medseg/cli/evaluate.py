@@ -141,16 +141,34 @@ def summary_table(summary: dict) -> Table:
     if summary.get("n_missing"):
         title += f" ({summary['n_missing']} without a readable prediction, scored as empty)"
     table = Table(title=title)
-    for name, justify in (("label", "right"), ("name", "left"), ("Dice", "right"),
-                          ("HD95 (mm)", "right"), (f"NSD @ {tol:g} mm", "right"),
-                          ("cases (Dice/HD95)", "right")):  # fmt: skip
+    for name, justify in (
+        ("label", "right"),
+        ("name", "left"),
+        ("Dice", "right"),
+        ("HD95 (mm)", "right"),
+        (f"NSD @ {tol:g} mm", "right"),
+        ("cases (Dice/HD95)", "right"),
+    ):
         table.add_column(name, justify=justify)
     for key, m in summary["mean"].items():
-        table.add_row(key, summary["labels"][key], _fmt(m["dice"], 4), _fmt(m["hd95"], 2),
-                      _fmt(m["nsd"], 4), f"{m['n_dice']}/{m['n_hd95']}")  # fmt: skip
+        table.add_row(
+            key,
+            summary["labels"][key],
+            _fmt(m["dice"], 4),
+            _fmt(m["hd95"], 2),
+            _fmt(m["nsd"], 4),
+            f"{m['n_dice']}/{m['n_hd95']}",
+        )
     fg = summary["foreground_mean"]
-    table.add_row("", "foreground mean", _fmt(fg["dice"], 4), _fmt(fg["hd95"], 2),
-                  _fmt(fg["nsd"], 4), "", style="bold")  # fmt: skip
+    table.add_row(
+        "",
+        "foreground mean",
+        _fmt(fg["dice"], 4),
+        _fmt(fg["hd95"], 2),
+        _fmt(fg["nsd"], 4),
+        "",
+        style="bold",
+    )
     return table
 
 

@@ -36,10 +36,14 @@ def export_selection(models: Path, plans: Plans, selection: dict, model_dir: Pat
     from medseg.inference.bundle import export_model
 
     members, checkpoints = member_records(plans, models, selection["members"])
-    return export_model(model_dir, plans, members, checkpoints,
-                        postprocessing=selection["postprocessing"],
-                        cross_validation={"chosen": selection["chosen"],
-                                          "candidates": selection["candidates"]})  # fmt: skip
+    return export_model(
+        model_dir,
+        plans,
+        members,
+        checkpoints,
+        postprocessing=selection["postprocessing"],
+        cross_validation={"chosen": selection["chosen"], "candidates": selection["candidates"]},
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,12 +58,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         selection = json.loads(args.selection.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise RecordError(f"{args.selection}: cannot read the selection ({e}); "
-                          "run 'medseg select' first") from e  # fmt: skip
+        raise RecordError(
+            f"{args.selection}: cannot read the selection ({e}); run 'medseg select' first"
+        ) from e
     missing = {"members", "postprocessing", "chosen", "candidates"} - set(selection)
     if missing:
-        raise RecordError(f"{args.selection}: not a selection written by 'medseg select' "
-                          f"(missing {', '.join(sorted(missing))})")  # fmt: skip
+        raise RecordError(
+            f"{args.selection}: not a selection written by 'medseg select' "
+            f"(missing {', '.join(sorted(missing))})"
+        )
     export_selection(args.models, plans, selection, args.output)
     out.print(f"model ({selection['chosen']}) written to {args.output}", highlight=False)
     return 0

@@ -29,10 +29,18 @@ def add_parser(sub) -> None:
     p = add_command(sub, "fingerprint", HELP, EPILOG, run)
     p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder with dataset.json")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="JSON")
-    p.add_argument("-j", "--processes", type=int, default=min(4, os.cpu_count() or 1),
-                   help="cases processed in parallel (default: %(default)s)")  # fmt: skip
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="exclude cases that fail the checks instead of stopping")  # fmt: skip
+    p.add_argument(
+        "-j",
+        "--processes",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="cases processed in parallel (default: %(default)s)",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="exclude cases that fail the checks instead of stopping",
+    )
     p.add_argument(
         "--samples",
         type=int,
@@ -57,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     )
     with progress() as bar:
         task = bar.add_task("fingerprint", total=len(spec.training))
-        fp = extract_fingerprint(spec, settings, processes=args.processes,
-                                 on_case_done=lambda _: bar.advance(task))  # fmt: skip
+        fp = extract_fingerprint(
+            spec, settings, processes=args.processes, on_case_done=lambda _: bar.advance(task)
+        )
     write_text_atomic(args.output, json.dumps(fp.to_dict(), indent=1) + "\n")
     out.print(
         f"fingerprint of {len(fp.cases)} cases written to {args.output}"

@@ -100,9 +100,15 @@ def plans_table(plans: Plans | Mapping, trained: dict[str, str] | None = None) -
     for name in plans.configurations:
         c = plans.configuration(name)
         extra = (trained.get(name, "not trained"),) if trained is not None else ()
-        table.add_row(name, " x ".join(f"{s:.3g}" for s in c.spacing),
-                      " x ".join(map(str, c.patch_size)), str(c.batch_size), str(c.n_stages),
-                      ", ".join(c.normalization_schemes), *extra)  # fmt: skip
+        table.add_row(
+            name,
+            " x ".join(f"{s:.3g}" for s in c.spacing),
+            " x ".join(map(str, c.patch_size)),
+            str(c.batch_size),
+            str(c.n_stages),
+            ", ".join(c.normalization_schemes),
+            *extra,
+        )
     return table
 
 
@@ -132,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     stages = configurations_path(args.output)  # what the workflow preprocesses and trains
     write_text_atomic(stages, json.dumps(Plans.of(plans).stages_record(), indent=1) + "\n")
     out.print(plans_table(plans))
-    out.print(f"plans written to {args.output} (and {stages.name} beside it: what to "
-              "preprocess and train)", highlight=False)  # fmt: skip
+    out.print(
+        f"plans written to {args.output} (and {stages.name} beside it: what to "
+        "preprocess and train)",
+        highlight=False,
+    )
     return 0

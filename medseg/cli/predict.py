@@ -127,8 +127,9 @@ def _summary_table(records: list[dict]):
         for finding in r.get("findings", []):
             if not finding["refuse"]:
                 detail += f"\n[yellow]warning:[/] {escape(finding['message'])}"
-        table.add_row(r["case_id"] or r["input"], f"[{style}]{r['status']}[/]", f"{seconds:.1f}",
-                      detail)  # fmt: skip
+        table.add_row(
+            r["case_id"] or r["input"], f"[{style}]{r['status']}[/]", f"{seconds:.1f}", detail
+        )
     return table
 
 
@@ -172,14 +173,25 @@ def _predict(args, bundle, device, engine: str, inputs) -> int:
         worker_model = WorkerModel(args.model, args.folds, irs)
         if args.workers <= 1:
             use_openvino(bundle, irs)
-    options = PredictOptions(step=args.step, mirroring=not args.no_mirroring,
-                             tile_batch=args.tile_batch, device=str(device),
-                             blend=Blend(args.blend))  # fmt: skip
+    options = PredictOptions(
+        step=args.step,
+        mirroring=not args.no_mirroring,
+        tile_batch=args.tile_batch,
+        device=str(device),
+        blend=Blend(args.blend),
+    )
     formats = tuple(OutputFormat(f) for f in args.formats)
-    settings = BatchSettings(formats=formats, skip_existing=args.skip_existing,
-                             workers=args.workers)  # fmt: skip
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
+    settings = BatchSettings(
+        formats=formats, skip_existing=args.skip_existing, workers=args.workers
+    )
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     with bar:
         overall = bar.add_task("cases", total=len(cases))
         tiles = bar.add_task("tiles", total=None)
@@ -191,10 +203,22 @@ def _predict(args, bundle, device, engine: str, inputs) -> int:
             bar.update(overall, advance=1)
             bar.reset(tiles)
 
-        result = run_batch(bundle, cases, args.output, options, settings, unusable=unusable,
-                           on_case=on_case, progress=on_tiles, model=worker_model)  # fmt: skip
+        result = run_batch(
+            bundle,
+            cases,
+            args.output,
+            options,
+            settings,
+            unusable=unusable,
+            on_case=on_case,
+            progress=on_tiles,
+            model=worker_model,
+        )
     out.print(_summary_table(result.records))
     counts = {s: sum(r["status"] == s for r in result.records) for s in ("ok", "skipped", "failed")}
-    out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-              f"manifest: {PredictionDir(args.output).manifest}", highlight=False)  # fmt: skip
+    out.print(
+        f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+        f"manifest: {PredictionDir(args.output).manifest}",
+        highlight=False,
+    )
     return 1 if counts["failed"] else 0

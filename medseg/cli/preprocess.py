@@ -28,8 +28,13 @@ def add_parser(sub) -> None:
     p.add_argument("plans", type=Path, metavar="PLANS", help="plans.json from 'medseg plan'")
     p.add_argument("--config", required=True, metavar="NAME", help="configuration, e.g. 3d_fullres")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
-    p.add_argument("-j", "--processes", type=int, default=min(4, os.cpu_count() or 1),
-                   help="cases processed in parallel (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "-j",
+        "--processes",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="cases processed in parallel (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=1234, help="seed for foreground sampling")
 
 
@@ -44,9 +49,18 @@ def run(args: argparse.Namespace) -> int:
     plans = read_plans(args.plans)
     with progress() as bar:
         task = bar.add_task(f"preprocess {args.config}", total=len(spec.training))
-        summary = preprocess_dataset(spec, plans, args.config, args.output,
-                                     processes=args.processes, seed=args.seed,
-                                     on_case_done=lambda _: bar.advance(task))  # fmt: skip
-    out.print(f"{len(summary['cases'])} cases preprocessed for {args.config} into {args.output} "
-              f"in {summary['seconds']} s", highlight=False)  # fmt: skip
+        summary = preprocess_dataset(
+            spec,
+            plans,
+            args.config,
+            args.output,
+            processes=args.processes,
+            seed=args.seed,
+            on_case_done=lambda _: bar.advance(task),
+        )
+    out.print(
+        f"{len(summary['cases'])} cases preprocessed for {args.config} into {args.output} "
+        f"in {summary['seconds']} s",
+        highlight=False,
+    )
     return 0

@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     out.print(table)
     steps = selection["postprocessing"]["steps"]
     written = f"; model written to {args.model}" if args.model else ""
-    out.print(f"chosen: {selection['chosen']}; postprocessing: "
-              f"{', '.join(s['method'] for s in steps) if steps else 'none'}{written}",
-              highlight=False)  # fmt: skip
+    out.print(
+        f"chosen: {selection['chosen']}; postprocessing: "
+        f"{', '.join(s['method'] for s in steps) if steps else 'none'}{written}",
+        highlight=False,
+    )
     return 0

@@ -28,8 +28,13 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="JSON")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
     p.add_argument("--seed", type=int, default=12345, help="shuffle seed (default: 12345)")
-    p.add_argument("--from", dest="given", type=Path, metavar="JSON",
-                   help="use this split (validated) instead of making one")  # fmt: skip
+    p.add_argument(
+        "--from",
+        dest="given",
+        type=Path,
+        metavar="JSON",
+        help="use this split (validated) instead of making one",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         record = make_splits(ids, args.folds, args.seed)
     write_text_atomic(args.output, json.dumps(record, indent=1) + "\n")
     sizes = ", ".join(str(len(f["val"])) for f in record["folds"])
-    out.print(f"{len(record['folds'])} folds (validation sizes {sizes}) written to {args.output}",
-              highlight=False)  # fmt: skip
+    out.print(
+        f"{len(record['folds'])} folds (validation sizes {sizes}) written to {args.output}",
+        highlight=False,
+    )
     return 0

@@ -50,13 +50,16 @@ def _stages(results: Path) -> Table:
     r = Results(results)
     check = _read(r.dataset_check)
     if check:
-        table.add_row("dataset", f"{check['n_valid']} of {check['n_cases']} cases valid "
-                      f"({check['dataset']})")  # fmt: skip
+        table.add_row(
+            "dataset", f"{check['n_valid']} of {check['n_cases']} cases valid ({check['dataset']})"
+        )
     fp = _read(r.fingerprint)
     if fp:
         excluded = f", {len(fp['excluded'])} excluded" if fp.get("excluded") else ""
-        table.add_row("fingerprint", f"{len(fp['cases'])} cases{excluded}, channels "
-                      f"{', '.join(fp['channel_names'])}")  # fmt: skip
+        table.add_row(
+            "fingerprint",
+            f"{len(fp['cases'])} cases{excluded}, channels {', '.join(fp['channel_names'])}",
+        )
     splits = _read(r.splits)
     if splits:
         sizes = "/".join(str(len(f["val"])) for f in splits["folds"])
@@ -64,14 +67,17 @@ def _stages(results: Path) -> Table:
     for folder in sorted(r.preprocessed("*").parent.glob("*")):
         done = _read(folder / PREPROCESS_SUMMARY)
         if done:
-            table.add_row(f"preprocessed {folder.name}",
-                          f"{len(done['cases'])} cases in {done['seconds']} s")  # fmt: skip
+            table.add_row(
+                f"preprocessed {folder.name}", f"{len(done['cases'])} cases in {done['seconds']} s"
+            )
     for metrics in sorted(r.models.glob(f"*/fold_*/{IN_FOLD.validation_metrics}")):
         m = _read(metrics)
         if m:
             dice = ", ".join(f"{k} {_fmt(v)}" for k, v in m["mean_dice"].items())
-            table.add_row(f"trained {metrics.parent.parent.parent.name} "
-                          f"{metrics.parent.parent.name}", f"validation Dice {dice}")  # fmt: skip
+            table.add_row(
+                f"trained {metrics.parent.parent.parent.name} {metrics.parent.parent.name}",
+                f"validation Dice {dice}",
+            )
     return table
 
 
@@ -106,8 +112,12 @@ def _cv_table(selection: dict, plans: Plans) -> Table:
     for key, c in selection["candidates"].items():
         cells = [_fmt(c["mean"][str(v)]["dice"]) for v, _ in labels]
         name = f"{key} (chosen)" if key == selection["chosen"] else key
-        table.add_row(name, *cells, _fmt(c["foreground_dice"]),
-                      style="bold green" if key == selection["chosen"] else None)  # fmt: skip
+        table.add_row(
+            name,
+            *cells,
+            _fmt(c["foreground_dice"]),
+            style="bold green" if key == selection["chosen"] else None,
+        )
     return table
 
 
@@ -123,8 +133,9 @@ def _outputs(results: Path, selection: dict | None) -> Table:
     if selection:
         steps = selection["postprocessing"]["steps"]
         post = ", ".join(f"{s['method']} {s['classes'] or 'all foreground'}" for s in steps)
-        table.add_row("model", f"{r.model.root} ({selection['chosen']}; postprocessing: "
-                      f"{post or 'none'})")  # fmt: skip
+        table.add_row(
+            "model", f"{r.model.root} ({selection['chosen']}; postprocessing: {post or 'none'})"
+        )
     test = _read(r.predictions.summary)
     manifest = r.predictions.manifest
     if manifest.exists():
@@ -132,8 +143,9 @@ def _outputs(results: Path, selection: dict | None) -> Table:
         ok = sum(r["status"] == "ok" for r in lines)
         detail = f"{ok} of {len(lines)} cases"
         if test:
-            per_label = ", ".join(f"{test['labels'][k]} {_fmt(m['dice'])}"
-                                  for k, m in test["mean"].items())  # fmt: skip
+            per_label = ", ".join(
+                f"{test['labels'][k]} {_fmt(m['dice'])}" for k, m in test["mean"].items()
+            )
             detail += f"; test Dice {per_label}"
         table.add_row("test predictions", f"{manifest.parent} ({detail})")
     for name, path in (("QC overlays", r.qc), ("training curves", r.curves)):

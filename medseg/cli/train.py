@@ -56,9 +56,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--no-validation", action="store_true", help="skip the final fold validation")
-    when.add_argument("--validation-only", action="store_true",
-                      help="only the fold validation of the finished training (the same as "
-                           "'medseg validate')")  # fmt: skip
+    when.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="only the fold validation of the finished training (the same as 'medseg validate')",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,14 +80,25 @@ def run(args: argparse.Namespace) -> int:
     plans = read_plans(args.plans)
     splits = read_record(args.splits, SPLITS_SCHEMA)
     settings = TrainSettings(
-        configuration=args.config, fold=args.fold, device=args.device, epochs=args.epochs,
-        iterations=args.iterations, val_iterations=args.val_iterations, seed=args.seed,
-        workers=args.workers, amp=not args.no_amp,
-    )  # fmt: skip
-    bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-                   TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
-                   TimeRemainingColumn(), console=err, transient=True,
-                   disable=not err.is_terminal)  # fmt: skip
+        configuration=args.config,
+        fold=args.fold,
+        device=args.device,
+        epochs=args.epochs,
+        iterations=args.iterations,
+        val_iterations=args.val_iterations,
+        seed=args.seed,
+        workers=args.workers,
+        amp=not args.no_amp,
+    )
+    bar = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     task = bar.add_task("train", total=args.iterations, epoch=0, loss=0.0)
 
     def on_iteration(epoch: int, it: int, loss: float) -> None:
@@ -104,8 +117,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.validation_only:
         with bar:
-            train(plans, splits, args.preprocessed, args.output, settings, resume=args.resume,
-                  on_iteration=on_iteration, on_epoch=on_epoch)  # fmt: skip
+            train(
+                plans,
+                splits,
+                args.preprocessed,
+                args.output,
+                settings,
+                resume=args.resume,
+                on_iteration=on_iteration,
+                on_epoch=on_epoch,
+            )
     if args.no_validation:
         return 0
     return validate(args, plans, splits)

@@ -41,21 +41,36 @@ def add_parser(sub) -> None:
     p.add_argument("plans", type=Path, metavar="PLANS")
     p.add_argument("splits", type=Path, metavar="SPLITS")
     p.add_argument("--fold", required=True, type=fold_arg, metavar="K", help="fold number or 'all'")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL_DIR",
-                   help="the fold's training folder (holds its checkpoints)")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="MODEL_DIR",
+        help="the fold's training folder (holds its checkpoints)",
+    )
     add_validation_options(p)
-    p.add_argument("--checkpoint", choices=("final", "best"), default="final",
-                   help="which checkpoint to validate (default: final)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        choices=("final", "best"),
+        default="final",
+        help="which checkpoint to validate (default: final)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
 def add_validation_options(p: argparse.ArgumentParser) -> None:
     """Options shared with ``medseg train`` (which validates after training)."""
-    p.add_argument("--dataset", type=Path, metavar="DATASET",
-                   help="raw dataset, to score against the original labels")  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="DATASET",
+        help="raw dataset, to score against the original labels",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--no-mirroring", action="store_true",
-                   help="no mirroring test-time augmentation")  # fmt: skip
+    p.add_argument(
+        "--no-mirroring", action="store_true", help="no mirroring test-time augmentation"
+    )
 
 
 def validate(
@@ -68,12 +83,16 @@ def validate(
 
     which = Checkpoint.FINAL if checkpoint == "final" else Checkpoint.BEST
     if not FoldDir(args.output).checkpoint(which).exists():
-        raise CheckpointError(f"{args.output}: no {which.value}.safetensors; finish the "
-                              "training first ('medseg train')")  # fmt: skip
-    settings = ValidationSettings(fold=args.fold, device=args.device,
-                                  mirroring=not args.no_mirroring, checkpoint=which)  # fmt: skip
-    summary = validate_fold(args.output, plans, splits, args.preprocessed, settings,
-                            dataset=args.dataset)  # fmt: skip
+        raise CheckpointError(
+            f"{args.output}: no {which.value}.safetensors; finish the "
+            "training first ('medseg train')"
+        )
+    settings = ValidationSettings(
+        fold=args.fold, device=args.device, mirroring=not args.no_mirroring, checkpoint=which
+    )
+    summary = validate_fold(
+        args.output, plans, splits, args.preprocessed, settings, dataset=args.dataset
+    )
     means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean_dice"].items())
     out.print(f"fold validation ({summary['n_cases']} cases): Dice {means}", highlight=False)
     return 0

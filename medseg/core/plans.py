@@ -24,8 +24,14 @@ from medseg.core.records import PLANS_SCHEMA, STAGES_SCHEMA, check_schema, read_
 #: The readers whose volumes are reoriented to canonical RAS (medseg's own plans).
 REORIENTING_READERS = ("NibabelIOWithReorient",)
 #: Keys a configuration must have (after inheritance) for any stage to use it.
-CONFIGURATION_KEYS = ("patch_size", "spacing", "architecture", "normalization_schemes",
-                      "use_mask_for_norm", "batch_size")  # fmt: skip
+CONFIGURATION_KEYS = (
+    "patch_size",
+    "spacing",
+    "architecture",
+    "normalization_schemes",
+    "use_mask_for_norm",
+    "batch_size",
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,10 @@ class LabelSet:
         except (TypeError, ValueError) as e:
             raise RecordError(f"{where}: labels must be [value, name] pairs ({e})") from e
         if [v for v, _ in items] != list(range(len(items))) or len(items) < 2:
-            raise RecordError(f"{where}: label values must be 0 (background), 1, 2, ... in "
-                              f"order, got {[v for v, _ in items]}")  # fmt: skip
+            raise RecordError(
+                f"{where}: label values must be 0 (background), 1, 2, ... in "
+                f"order, got {[v for v, _ in items]}"
+            )
         return cls(items)
 
     @property
@@ -211,8 +219,9 @@ class Plans:
         merged = self.resolve(name, where)
         missing = [k for k in CONFIGURATION_KEYS if k not in merged]
         if missing:
-            raise RecordError(f"{_at(where)}configuration {name!r} lacks {', '.join(missing)}; "
-                              "plan again")  # fmt: skip
+            raise RecordError(
+                f"{_at(where)}configuration {name!r} lacks {', '.join(missing)}; plan again"
+            )
         return Configuration(name, merged)
 
     def resolve(self, name: str, where: str | None = None) -> dict:
@@ -220,14 +229,17 @@ class Plans:
         (for validators that report on the JSON itself)."""
         configs = self.raw["configurations"]
         if name not in configs:
-            raise RecordError(f"{_at(where)}the plans have no configuration {name!r}; available: "
-                              f"{', '.join(configs) or 'none'}")  # fmt: skip
+            raise RecordError(
+                f"{_at(where)}the plans have no configuration {name!r}; available: "
+                f"{', '.join(configs) or 'none'}"
+            )
         merged, seen, parent = dict(configs[name]), {name}, None
         while "inherits_from" in merged:
             parent = merged.pop("inherits_from")
             if parent in seen or parent not in configs:
-                raise RecordError(f"{_at(where)}configuration {name!r} inherits from unknown or "
-                                  f"cyclic {parent!r}")  # fmt: skip
+                raise RecordError(
+                    f"{_at(where)}configuration {name!r} inherits from unknown or cyclic {parent!r}"
+                )
             seen.add(parent)
             merged = {**configs[parent], **merged}
         return copy.deepcopy(merged)
@@ -247,8 +259,13 @@ class Plans:
     def stages_record(self) -> dict:
         """What the workflow preprocesses and trains, as the record ``medseg plan`` writes
         beside the plans (so the workflow never reads the plans' internals)."""
-        return stamp({"preprocess": list(self.preprocessed_configurations),
-                      "train": list(self.trainable_configurations)}, STAGES_SCHEMA)  # fmt: skip
+        return stamp(
+            {
+                "preprocess": list(self.preprocessed_configurations),
+                "train": list(self.trainable_configurations),
+            },
+            STAGES_SCHEMA,
+        )
 
     def to_dict(self) -> dict:
         """The plans JSON (a copy)."""

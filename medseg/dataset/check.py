@@ -146,8 +146,11 @@ def inspect_case(
         label = _read(spec, case, case.label, Kind.LABEL, out)
     if image is not None:
         foreground = label is not None and bool(label.array.any())
-        out.extend(image_problems(spec.root, case.case_id, case.images, image,
-                                  case.label if foreground else None))  # fmt: skip
+        out.extend(
+            image_problems(
+                spec.root, case.case_id, case.images, image, case.label if foreground else None
+            )
+        )
     if label is not None:
         out.extend(label_shape_problems(spec.root, case.case_id, case.label, label))
         _check_label(spec, case, image, label, settings, out)
@@ -226,12 +229,15 @@ def dataset_problems(spec: DatasetSpec) -> list[Problem]:
     if declared is None or declared == found:
         return []
     return [
-        Problem(DATASET_ID, (
-            f"numTraining is {declared}, but {found} training case(s) were found; cases may be "
-            f"missing or left over. Restore the missing cases, or set numTraining to {found} if "
-            "the dataset was changed on purpose."
-        ))
-    ]  # fmt: skip
+        Problem(
+            DATASET_ID,
+            (
+                f"numTraining is {declared}, but {found} training case(s) were found; cases may "
+                "be missing or left over. Restore the missing cases, or set numTraining to "
+                f"{found} if the dataset was changed on purpose."
+            ),
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -266,8 +272,9 @@ class CheckReport:
 def _check_one(args: tuple[DatasetSpec, Case, CheckSettings]) -> tuple[tuple, tuple]:
     spec, case, settings = args
     checked = inspect_case(spec, case, settings)
-    links = [] if settings.allow_outside_links else outside_links(spec.root, case.case_id,
-                                                                   _files(case))  # fmt: skip
+    links = (
+        [] if settings.allow_outside_links else outside_links(spec.root, case.case_id, _files(case))
+    )
     return tuple(links) + checked.problems, checked.warnings
 
 

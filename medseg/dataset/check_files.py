@@ -54,12 +54,18 @@ def outside_links(root: Path, case_id: str, paths: Iterable[Path]) -> list[Probl
             continue
         target = path.resolve()
         if not target.is_relative_to(base):
-            found.append(Problem(case_id, (
-                f"{rel(root, path)}: resolves to {target}, outside the dataset folder {base}; "
-                "what the dataset holds could change or vanish without it being touched. Copy "
-                "the file into the dataset folder, or pass --allow-outside-links if the dataset "
-                "deliberately links into a data store."
-            )))  # fmt: skip
+            found.append(
+                Problem(
+                    case_id,
+                    (
+                        f"{rel(root, path)}: resolves to {target}, outside the dataset folder "
+                        f"{base}; what the dataset holds could change or vanish without it being "
+                        "touched. Copy the file into the dataset folder, or pass "
+                        "--allow-outside-links if the dataset deliberately links into a data "
+                        "store."
+                    ),
+                )
+            )
     return found
 
 

@@ -65,8 +65,9 @@ def overlay_montage(cases: Sequence[OverlayCase], path: Path, title: str = "") -
             ax.contour(pred == value, levels=[0.5], colors="red", linewidths=0.9)
         if ref is not None:
             for value in np.unique(ref[ref > 0]):
-                ax.contour(ref == value, levels=[0.5], colors="lime", linewidths=0.9,
-                           linestyles="dashed")  # fmt: skip
+                ax.contour(
+                    ref == value, levels=[0.5], colors="lime", linewidths=0.9, linestyles="dashed"
+                )
         ax.set_title(case.name, fontsize=8)
     fig.suptitle(title + "\nred: prediction, green dashed: reference", fontsize=9)
     fig.tight_layout()
@@ -86,13 +87,20 @@ def training_curves(histories: dict[str, list[dict]], path: Path) -> None:
     for name, history in sorted(histories.items()):
         epochs = [h["epoch"] for h in history]
         line = loss_ax.plot(epochs, [h["train_loss"] for h in history], label=f"{name} train")[0]
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], "--", color=line.get_color(),
-                     label=f"{name} val")  # fmt: skip
-        dice_ax.plot(epochs, [h["ema_pseudo_dice"] for h in history], color=line.get_color(),
-                     label=name)  # fmt: skip
+        loss_ax.plot(
+            epochs,
+            [h["val_loss"] for h in history],
+            "--",
+            color=line.get_color(),
+            label=f"{name} val",
+        )
+        dice_ax.plot(
+            epochs, [h["ema_pseudo_dice"] for h in history], color=line.get_color(), label=name
+        )
     loss_ax.set(xlabel="epoch", ylabel="loss", title="losses")
-    dice_ax.set(xlabel="epoch", ylabel="EMA pseudo-Dice", title="validation pseudo-Dice",
-                ylim=(0, 1))  # fmt: skip
+    dice_ax.set(
+        xlabel="epoch", ylabel="EMA pseudo-Dice", title="validation pseudo-Dice", ylim=(0, 1)
+    )
     loss_ax.legend(fontsize=7)
     dice_ax.legend(fontsize=7)
     fig.tight_layout()

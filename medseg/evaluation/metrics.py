@@ -185,8 +185,13 @@ def _cache_key(pair: CasePair, labels: tuple[int, ...], tol: float) -> dict | No
     prediction = file_identity(pair.prediction)
     if prediction is None:
         return None
-    return {"prediction": prediction, "reference": file_identity(pair.reference),
-            "labels": list(labels), "nsd_tolerance_mm": tol, "code": code_versions()}  # fmt: skip
+    return {
+        "prediction": prediction,
+        "reference": file_identity(pair.reference),
+        "labels": list(labels),
+        "nsd_tolerance_mm": tol,
+        "code": code_versions(),
+    }
 
 
 def _cached_record(pair: CasePair, metrics: dict) -> dict:
@@ -292,9 +297,12 @@ def _summary(records: list[dict], fg: dict[int, str], header: dict) -> dict:
         log.warning(
             "%d of %d reference cases in %s have no readable prediction in %s and were scored "
             "as empty predictions (Dice 0): %s",
-            len(empty), len(records), header["reference_folder"], header["prediction_folder"],
+            len(empty),
+            len(records),
+            header["reference_folder"],
+            header["prediction_folder"],
             listing(empty),
-        )  # fmt: skip
+        )
     summary = {**header, "n_missing": len(empty), "missing_cases": empty}
     return stamp({**summary, **summarize_cases(records, fg)}, SUMMARY_SCHEMA)
 

@@ -145,25 +145,29 @@ def select_model(
     for key, summary in scores.items():
         write_summary(summary, CvDir(cv_dir).summary(key), CvDir(cv_dir).summary_csv(key))
         log.info("%s: mean foreground Dice %.4f", key, summary["foreground_mean"]["dice"])
-    best = max(candidates, key=lambda k: (scores[k]["foreground_mean"]["dice"],
-                                          -len(candidates[k])))  # fmt: skip
+    best = max(
+        candidates, key=lambda k: (scores[k]["foreground_mean"]["dice"], -len(candidates[k]))
+    )
     postprocessing = choose_postprocessing(
         cv_dir / best, refs, labels, processes=processes, cache=True
     )
-    return stamp({
-        "chosen": best,
-        "members": candidates[best],
-        "candidates": {
-            k: {
-                "members": candidates[k],
-                "foreground_dice": scores[k]["foreground_mean"]["dice"],
-                "mean": scores[k]["mean"],
-            }
-            for k in candidates
-        },  # fmt: skip
-        "postprocessing": postprocessing,
-        "cases": len(cases),
-    }, SELECTION_SCHEMA)  # fmt: skip
+    return stamp(
+        {
+            "chosen": best,
+            "members": candidates[best],
+            "candidates": {
+                k: {
+                    "members": candidates[k],
+                    "foreground_dice": scores[k]["foreground_mean"]["dice"],
+                    "mean": scores[k]["mean"],
+                }
+                for k in candidates
+            },
+            "postprocessing": postprocessing,
+            "cases": len(cases),
+        },
+        SELECTION_SCHEMA,
+    )
 
 
 def member_records(

@@ -52,8 +52,15 @@ def intensity_stats(values: np.ndarray) -> dict:
     """mean, median, std, min, max and the 0.5 / 99.5 percentiles of ``values``."""
     if values.size == 0:
         nan = float("nan")
-        return dict(mean=nan, median=nan, std=nan, min=nan, max=nan,
-                    percentile_00_5=nan, percentile_99_5=nan)  # fmt: skip
+        return dict(
+            mean=nan,
+            median=nan,
+            std=nan,
+            min=nan,
+            max=nan,
+            percentile_00_5=nan,
+            percentile_99_5=nan,
+        )
     lo, med, hi = np.percentile(values, PERCENTILES)
     return {
         "mean": float(np.mean(values, dtype=np.float64)),
@@ -120,8 +127,9 @@ def _run_job(job: _Job) -> tuple[CaseFacts | None, np.ndarray | None, dict | Non
             )
         return None, None, {"case_id": job.case.case_id, "problems": problems}
     rng = np.random.default_rng([job.settings.seed, job.index])
-    facts, samples = analyze_case(job.case.case_id, checked.image, checked.label,
-                                  job.n_samples, rng)  # fmt: skip
+    facts, samples = analyze_case(
+        job.case.case_id, checked.image, checked.label, job.n_samples, rng
+    )
     return facts, samples, None
 
 
@@ -168,5 +176,5 @@ def extract_fingerprint(
             "total_samples": settings.total_samples,
             "per_case": n_samples,
             "seed": settings.seed,
-        },  # fmt: skip
+        },
     )

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 __all__ = ["BatchResult", "BatchSettings", "WorkerModel", "run_batch"]
 
 
-
 @dataclass(frozen=True)
 class BatchSettings:
     """What to write, whether to skip finished cases, and how many cases at once.
@@ -205,13 +204,26 @@ def _foreign(paths: dict[str, Path], owned: frozenset[str]) -> str | None:
     )
 
 
-def _case_record(bundle, case: CaseInput, out: Path, options, settings, run_id, progress,
-                 owned: frozenset[str] = frozenset()):  # fmt: skip
+def _case_record(
+    bundle,
+    case: CaseInput,
+    out: Path,
+    options,
+    settings,
+    run_id,
+    progress,
+    owned: frozenset[str] = frozenset(),
+):
     """Predict (or skip) one case and describe what happened, for the manifest."""
     paths = outputs_for(case, out, settings.formats)
-    record = {"run": run_id, "case_id": case.case_id, "input": str(case.path.resolve()),
-              "inputs": [str(p.resolve()) for p in case.files], "series_uid": case.series_uid,
-              "outputs": {k: str(v.resolve()) for k, v in paths.items()}}  # fmt: skip
+    record = {
+        "run": run_id,
+        "case_id": case.case_id,
+        "input": str(case.path.resolve()),
+        "inputs": [str(p.resolve()) for p in case.files],
+        "series_uid": case.series_uid,
+        "outputs": {k: str(v.resolve()) for k, v in paths.items()},
+    }
     notes: dict = {}
     foreign = _foreign(paths, owned)
     if case.problem:  # known before reading (a missing channel file): nothing is read
@@ -276,10 +288,12 @@ def _records(bundle, cases, out, options, settings, run_id, progress, model):
     threads = max(1, (os.cpu_count() or 1) // workers)
     init = (model, str(options.device), threads)
     context = multiprocessing.get_context("spawn")  # no fork after torch set up its threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=init) as pool:  # fmt: skip
-        jobs = [pool.submit(_worker_case, (c, out, options, settings, run_id, owned))
-                for c in cases]  # fmt: skip
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=init
+    ) as pool:
+        jobs = [
+            pool.submit(_worker_case, (c, out, options, settings, run_id, owned)) for c in cases
+        ]
         for job in as_completed(jobs):
             yield job.result()
 
@@ -308,10 +322,18 @@ def run_batch(
     result = BatchResult()
     with open(PredictionDir(out).manifest, "a", encoding="utf-8") as manifest:
         for bad in unusable:
-            record = {"run": run_id, "case_id": None, "input": bad["input"],
-                      "inputs": [bad["input"]], "series_uid": None, "outputs": {},
-                      "status": "failed", "error": bad["error"], "findings": [],
-                      "seconds": {}}  # fmt: skip
+            record = {
+                "run": run_id,
+                "case_id": None,
+                "input": bad["input"],
+                "inputs": [bad["input"]],
+                "series_uid": None,
+                "outputs": {},
+                "status": "failed",
+                "error": bad["error"],
+                "findings": [],
+                "seconds": {},
+            }
             _append(manifest, record)
             result.records.append(record)
         for record in _records(bundle, cases, out, options, settings, run_id, progress, model):

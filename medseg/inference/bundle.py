@@ -100,17 +100,20 @@ def export_model(
                 shutil.copyfile(src, dst)
                 if src.with_suffix(".json").exists():
                     shutil.copyfile(src.with_suffix(".json"), dst.with_suffix(".json"))
-        record = stamp({
-            "medseg_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": "medseg",
-            "dataset_name": plans.dataset_name,
-            "labels": plans.labels.to_list(),
-            "channel_names": list(plans.channel_names),
-            "members": members,
-            "postprocessing": postprocessing,
-            "cross_validation": cross_validation,
-        }, MODEL_SCHEMA)  # fmt: skip
+        record = stamp(
+            {
+                "medseg_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "source": "medseg",
+                "dataset_name": plans.dataset_name,
+                "labels": plans.labels.to_list(),
+                "channel_names": list(plans.channel_names),
+                "members": members,
+                "postprocessing": postprocessing,
+                "cross_validation": cross_validation,
+            },
+            MODEL_SCHEMA,
+        )
         ModelFolder(tmp).model_json.write_text(json.dumps(record, indent=1) + "\n")
         ModelFolder(tmp).plans_json.write_text(plans.to_json())
     return out
@@ -134,8 +137,10 @@ def _load_member(root: Path, plans: Plans, record: dict, folds, device) -> Membe
     config = plans.configuration(configuration)
     use = [f for f in record["folds"] if folds is None or f in folds]
     if not use:
-        raise ModelError(f"{root}: none of the folds {folds} exist for {configuration} "
-                         f"(available: {record['folds']})")  # fmt: skip
+        raise ModelError(
+            f"{root}: none of the folds {folds} exist for {configuration} "
+            f"(available: {record['folds']})"
+        )
     previous = None
     if record.get("previous"):
         previous = _load_member(root, plans, record["previous"], folds, device)

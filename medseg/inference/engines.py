@@ -20,7 +20,6 @@ from medseg.core.options import Engine, parse
 log = logging.getLogger(__name__)
 
 
-
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -59,8 +58,14 @@ def export_openvino(network: torch.nn.Module, n_channels: int, patch, path: Path
     onnx_path = path.with_suffix(".onnx")
     with warnings.catch_warnings():  # "instance_norm in training mode": not so in eval()
         warnings.simplefilter("ignore")
-        torch.onnx.export(network, example, str(onnx_path), dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+        torch.onnx.export(
+            network,
+            example,
+            str(onnx_path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
     ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
     onnx_path.unlink()
     return path

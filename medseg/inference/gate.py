@@ -45,10 +45,16 @@ def channel_findings(n_channels: int, channel_names: Sequence[str]) -> list[Find
     """The image must have exactly the model's channels."""
     if n_channels == len(channel_names):
         return []
-    return [Finding("channels", (
-        f"the model expects {len(channel_names)} channel(s) ({', '.join(channel_names)}), "
-        f"the input has {n_channels}; give one image with the model's channels, in its order"
-    ))]  # fmt: skip
+    return [
+        Finding(
+            "channels",
+            (
+                f"the model expects {len(channel_names)} channel(s) ({', '.join(channel_names)}), "
+                f"the input has {n_channels}; give one image with the model's channels, in its "
+                "order"
+            ),
+        )
+    ]
 
 
 def modality_findings(modality: str | None, channel_names: Sequence[str]) -> list[Finding]:
@@ -56,9 +62,12 @@ def modality_findings(modality: str | None, channel_names: Sequence[str]) -> lis
     names = {n.casefold() for n in channel_names}
     for wanted, expected in (("CT", CT_NAMES), ("MR", MR_NAMES)):
         if names & expected and modality and modality != wanted:
-            return [Finding("modality", (
-                f"wrong modality: the model expects {wanted}, this series is {modality}"
-            ))]  # fmt: skip
+            return [
+                Finding(
+                    "modality",
+                    (f"wrong modality: the model expects {wanted}, this series is {modality}"),
+                )
+            ]
     return []
 
 
@@ -75,10 +84,17 @@ def spacing_findings(image: Volume, plans: Plans) -> list[Finding]:
         ratio = have / float(trained)
         if max(ratio, 1 / ratio) > SPACING_FACTOR:
             name = _AXES[forward[axis]] if reorient else f"axis {forward[axis]}"
-            found.append(Finding("spacing", (
-                f"voxel size {have:.3g} mm along {name} is {ratio:.2g}x the model's training "
-                f"median ({float(trained):.3g} mm); the model may segment this scan poorly"
-            ), refuse=False))  # fmt: skip
+            found.append(
+                Finding(
+                    "spacing",
+                    (
+                        f"voxel size {have:.3g} mm along {name} is {ratio:.2g}x the model's "
+                        f"training median ({float(trained):.3g} mm); the model may segment this "
+                        "scan poorly"
+                    ),
+                    refuse=False,
+                )
+            )
     return found
 
 
@@ -121,10 +137,16 @@ def memory_findings(voxels: int, n_channels: int, n_classes: int, free: int) -> 
     need = voxels * 4 * (3 * n_channels + 4 * n_classes)  # float32: input, logits, probabilities
     if need <= free:
         return []
-    return [Finding("memory", (
-        f"too large for memory: predicting needs about {need / 1e9:.1f} GB ({voxels} voxels "
-        f"after resampling), {free / 1e9:.1f} GB are free; use a machine with more memory"
-    ))]  # fmt: skip
+    return [
+        Finding(
+            "memory",
+            (
+                f"too large for memory: predicting needs about {need / 1e9:.1f} GB ({voxels} "
+                f"voxels after resampling), {free / 1e9:.1f} GB are free; use a machine with more "
+                "memory"
+            ),
+        )
+    ]
 
 
 def _trained_on_slices(plans: Plans) -> bool:
@@ -147,8 +169,11 @@ def scan_findings(
     available now).
     """
     found = list(header)
-    found += [f for f in image_findings(image)
-              if not (f.code == "single_slice" and _trained_on_slices(facts.plans))]  # fmt: skip
+    found += [
+        f
+        for f in image_findings(image)
+        if not (f.code == "single_slice" and _trained_on_slices(facts.plans))
+    ]
     found += channel_findings(image.n_channels, facts.channel_names)
     found += modality_findings(modality, facts.channel_names)
     if refusals(found):
@@ -168,7 +193,10 @@ def enforce(findings: Sequence[Finding], where: str = "") -> list[Finding]:
     ``where``, the input's path, unless it names it already); otherwise return the warnings."""
     refused = refusals(findings)
     if refused:
-        named = [f.message if f.message.startswith(where) else f"{where}: {f.message}"
-                 for f in refused] if where else [f.message for f in refused]  # fmt: skip
+        named = (
+            [f.message if f.message.startswith(where) else f"{where}: {f.message}" for f in refused]
+            if where
+            else [f.message for f in refused]
+        )
         raise InputRefusedError("; ".join(named))
     return warnings_of(findings)

@@ -176,10 +176,15 @@ def _folder_cases(folder: Path, n_channels: int) -> tuple[list[CaseInput], list[
     cases = [case for _, case in group_files(files, n_channels)] + _dicom_cases(folder)
     if cases:
         return cases, []
-    return [], [{"input": str(folder), "error": (
-        f"{folder}: no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM series "
-        "found in this folder"
-    )}]  # fmt: skip
+    return [], [
+        {
+            "input": str(folder),
+            "error": (
+                f"{folder}: no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM series "
+                "found in this folder"
+            ),
+        }
+    ]
 
 
 def discover_inputs(paths: list[Path], n_channels: int = 1) -> tuple[list[CaseInput], list[dict]]:

@@ -223,8 +223,10 @@ def _normalization_problems(plans: Plans, config: Configuration, field: str) -> 
     from medseg.preprocessing.normalize import SCHEMES
 
     channels, problems = list(plans.channel_names), []
-    per_channel = {"normalization_schemes": config.normalization_schemes,
-                   "use_mask_for_norm": config.use_mask_for_norm}  # fmt: skip
+    per_channel = {
+        "normalization_schemes": config.normalization_schemes,
+        "use_mask_for_norm": config.use_mask_for_norm,
+    }
     for key, values in per_channel.items():
         if len(values) != len(channels):
             problems.append(

@@ -63,8 +63,9 @@ def _network(plans: dict, config: dict, path: Path, device, where: str):
     if not isinstance(weights, dict):
         raise ModelError(f"{path}: no 'network_weights'; is this an nnU-Net v2 checkpoint?")
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
-    network = build_checked_network(config.architecture, plans.n_channels,
-                                    plans.labels.n_classes, where)  # fmt: skip
+    network = build_checked_network(
+        config.architecture, plans.n_channels, plans.labels.n_classes, where
+    )
     try:
         network.load_state_dict(weights)
     except RuntimeError as e:  # torch lists each mismatch on its own line
@@ -102,8 +103,12 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
     missing = sorted(set(use) - set(available))
     if not use or missing:
         raise ModelError(f"{root}: folds {missing or use} not found (available: {available})")
-    member = Member(configuration, config, [int(f) if f.isdigit() else f for f in use],
-                    mirror_axes=config.mirror_axes)  # fmt: skip
+    member = Member(
+        configuration,
+        config,
+        [int(f) if f.isdigit() else f for f in use],
+        mirror_axes=config.mirror_axes,
+    )
     where = f"{NnunetResultsDir(root).plans_json}: configurations.{configuration}.architecture"
     for fold in use:
         path = _checkpoint(NnunetResultsDir(root).fold(fold))

@@ -70,14 +70,23 @@ def predict_member(
     blend = resolve_blend(options.blend, bundle)
     logits = None
     for network in member.networks:  # summed in the blend's precision, as nnU-Net does
-        out = predict_logits(network, data, member.config.patch_size, step=options.step,
-                             mirror_axes=mirror, tile_batch=options.tile_batch,
-                             device=options.device, amp=options.amp, progress=progress,
-                             blend=blend)  # fmt: skip
+        out = predict_logits(
+            network,
+            data,
+            member.config.patch_size,
+            step=options.step,
+            mirror_axes=mirror,
+            tile_batch=options.tile_batch,
+            device=options.device,
+            amp=options.amp,
+            progress=progress,
+            blend=blend,
+        )
         logits = out if logits is None else logits + out
     logits = logits / len(member.networks)
-    return probabilities_on_original_grid(logits.float().numpy(), record,
-                                          half=logits.dtype == torch.float16)  # fmt: skip
+    return probabilities_on_original_grid(
+        logits.float().numpy(), record, half=logits.dtype == torch.float16
+    )
 
 
 def resolve_blend(blend: Blend | str, bundle: ModelBundle) -> Blend:

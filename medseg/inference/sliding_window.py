@@ -118,8 +118,9 @@ def _accumulate(
         )
         logits = mirrored_logits(network, batch.to(run.device), run.flips).to(on)
         if logits_sum is None:  # accumulators in the weights' precision
-            logits_sum = torch.zeros((logits.shape[1], *image.shape[1:]), device=on,
-                                     dtype=gaussian.dtype)  # fmt: skip
+            logits_sum = torch.zeros(
+                (logits.shape[1], *image.shape[1:]), device=on, dtype=gaussian.dtype
+            )
             weight_sum = torch.zeros(image.shape[1:], device=on, dtype=gaussian.dtype)
         for tile, tile_logits in zip(chunk, logits, strict=True):
             logits_sum[(slice(None), *tile)] += (tile_logits * gaussian).reshape(-1, *tile_shape)

@@ -114,10 +114,16 @@ def nifti_header_findings(path: Path) -> list[Finding]:
     n = min(3, int(header["dim"][0]))
     pixdim = [float(v) for v in header["pixdim"][1 : n + 1]]
     if not all(np.isfinite(v) and v > 0 for v in pixdim):  # the qform is built from it too
-        return [Finding("pixdim", (
-            f"{path}: the header's voxel size pixdim[1..{n}] = {tuple(pixdim)} is not positive; "
-            "tools disagree on this scan's spacing. Fix the header (re-export the scan)."
-        ))]  # fmt: skip
+        return [
+            Finding(
+                "pixdim",
+                (
+                    f"{path}: the header's voxel size pixdim[1..{n}] = {tuple(pixdim)} is not "
+                    "positive; tools disagree on this scan's spacing. Fix the header (re-export "
+                    "the scan)."
+                ),
+            )
+        ]
     found = []
     sform, s_code = header.get_sform(coded=True)
     qform, q_code = header.get_qform(coded=True)
@@ -125,15 +131,27 @@ def nifti_header_findings(path: Path) -> list[Finding]:
         shape = tuple(int(v) for v in header["dim"][1:4])
         diff = grid_mismatch(sform, qform, shape, SFORM_QFORM_TOLERANCE)
         if diff:
-            found.append(Finding("sform_qform", (
-                f"{path}: sform and qform disagree ({diff}); medseg reads the sform, other "
-                "tools may read the qform, so the scan's position is ambiguous. Make them agree "
-                "(e.g. set the qform from the sform with nibabel, or fslorient -copysform2qform)."
-            )))  # fmt: skip
+            found.append(
+                Finding(
+                    "sform_qform",
+                    (
+                        f"{path}: sform and qform disagree ({diff}); medseg reads the sform, "
+                        "other tools may read the qform, so the scan's position is ambiguous. "
+                        "Make them agree (e.g. set the qform from the sform with nibabel, or "
+                        "fslorient -copysform2qform)."
+                    ),
+                )
+            )
     elif not s_code and not q_code:
-        found.append(Finding("no_orientation", (
-            f"{path}: the header holds no orientation (sform and qform codes are 0); medseg "
-            "uses the NIfTI default (no rotation, voxel size from pixdim), which other tools "
-            "may read differently."
-        ), refuse=False))  # fmt: skip
+        found.append(
+            Finding(
+                "no_orientation",
+                (
+                    f"{path}: the header holds no orientation (sform and qform codes are 0); "
+                    "medseg uses the NIfTI default (no rotation, voxel size from pixdim), which "
+                    "other tools may read differently."
+                ),
+                refuse=False,
+            )
+        )
     return found

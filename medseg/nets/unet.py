@@ -24,12 +24,22 @@ def _allowed() -> dict[str, object]:
     nn = torch.nn
     classes = [PlainConvUNet, ResidualEncoderUNet]
     ops = [
-        nn.Conv1d, nn.Conv2d, nn.Conv3d,
-        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-        nn.Dropout, nn.Dropout2d, nn.Dropout3d,
-        nn.LeakyReLU, nn.ReLU, nn.GELU,
-    ]  # fmt: skip
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.Dropout,
+        nn.Dropout2d,
+        nn.Dropout3d,
+        nn.LeakyReLU,
+        nn.ReLU,
+        nn.GELU,
+    ]
     named = {f"{c.__module__}.{c.__name__}": c for c in classes}
     named.update({f"torch.nn.{o.__name__}": o for o in ops})
     named.update({f"{o.__module__}.{o.__name__}": o for o in ops})
@@ -68,8 +78,16 @@ def build_network(
         if kwargs.get(key) is not None:
             kwargs[key] = _resolve(kwargs[key], allowed)
     if device is None:
-        return cls(input_channels=in_channels, num_classes=n_classes,
-                   deep_supervision=deep_supervision, **kwargs)  # fmt: skip
+        return cls(
+            input_channels=in_channels,
+            num_classes=n_classes,
+            deep_supervision=deep_supervision,
+            **kwargs,
+        )
     with torch.device(device):
-        return cls(input_channels=in_channels, num_classes=n_classes,
-                   deep_supervision=deep_supervision, **kwargs)  # fmt: skip
+        return cls(
+            input_channels=in_channels,
+            num_classes=n_classes,
+            deep_supervision=deep_supervision,
+            **kwargs,
+        )

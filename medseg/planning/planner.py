@@ -97,9 +97,13 @@ class _MemoryModel:
         if key not in self._cache:
             arch = _architecture(topo, self.settings)["arch_kwargs"]
             self._cache[key] = feature_map_voxels(
-                topo.patch_size, arch["strides"], arch["features_per_stage"],
-                arch["n_conv_per_stage"], arch["n_conv_per_stage_decoder"], self.n_classes,
-            )  # fmt: skip
+                topo.patch_size,
+                arch["strides"],
+                arch["features_per_stage"],
+                arch["n_conv_per_stage"],
+                arch["n_conv_per_stage_decoder"],
+                self.n_classes,
+            )
         return self._cache[key]
 
 
@@ -172,8 +176,9 @@ def _lowres(full: dict, median_shape: np.ndarray, n_training: int, memory: _Memo
             spacing *= LOWRES_STEP
         shape = full_spacing / spacing * median_shape
         median_voxels = np.prod(shape, dtype=np.float64)
-        plan = plan_configuration(spacing, tuple(round(i) for i in shape),
-                                  float(median_voxels * n_training), memory)  # fmt: skip
+        plan = plan_configuration(
+            spacing, tuple(round(i) for i in shape), float(median_voxels * n_training), memory
+        )
         patch_voxels = np.prod(plan["patch_size"], dtype=np.int64)
     if np.prod(median_shape, dtype=np.float64) / median_voxels < 2:
         return None
@@ -207,23 +212,31 @@ def plan_experiment(fp: Fingerprint, settings: PlannerSettings = PlannerSettings
     common = _common_entries(schemes, use_mask)
     configs: dict[str, dict] = {}
     if median_shape[0] != 1 and any(_wanted(settings, c) for c in CONFIGURATIONS[1:]):
-        full = plan_configuration(spacing, median_shape, n_voxels, memory,
-                                  settings.patch_size.get("3d_fullres"))  # fmt: skip
+        full = plan_configuration(
+            spacing, median_shape, n_voxels, memory, settings.patch_size.get("3d_fullres")
+        )
         low = _lowres(full, median_shape, n_training, memory)
         if low is not None and _wanted(settings, "3d_lowres"):
-            configs["3d_lowres"] = {**_entry(settings, "3d_lowres", low, common),
-                                    "batch_dice": False}  # fmt: skip
+            configs["3d_lowres"] = {
+                **_entry(settings, "3d_lowres", low, common),
+                "batch_dice": False,
+            }
         if _wanted(settings, "3d_fullres"):
-            configs["3d_fullres"] = {**_entry(settings, "3d_fullres", full, common),
-                                     "batch_dice": low is not None}  # fmt: skip
+            configs["3d_fullres"] = {
+                **_entry(settings, "3d_fullres", full, common),
+                "batch_dice": low is not None,
+            }
         if "3d_lowres" in configs and "3d_fullres" in configs:
             if _wanted(settings, "3d_cascade_fullres"):
                 configs["3d_lowres"]["next_stage"] = "3d_cascade_fullres"
-                configs["3d_cascade_fullres"] = {"inherits_from": "3d_fullres",
-                                                 "previous_stage": "3d_lowres"}  # fmt: skip
+                configs["3d_cascade_fullres"] = {
+                    "inherits_from": "3d_fullres",
+                    "previous_stage": "3d_lowres",
+                }
     if _wanted(settings, "2d"):
-        plan_2d = plan_configuration(spacing[1:], median_shape[1:], n_voxels, memory,
-                                     settings.patch_size.get("2d"))  # fmt: skip
+        plan_2d = plan_configuration(
+            spacing[1:], median_shape[1:], n_voxels, memory, settings.patch_size.get("2d")
+        )
         configs = {"2d": {**_entry(settings, "2d", plan_2d, common), "batch_dice": True}, **configs}
     return stamp(_plans_body(fp, settings, forward, backward, configs), PLANS_SCHEMA)
 

@@ -47,8 +47,9 @@ def validate_splits(record: object, case_ids: Sequence[str], where: str = "split
         if unknown:
             raise RecordError(f"{where}: fold {k} names cases not in the dataset: {unknown[:5]}")
         if train & val:
-            raise RecordError(f"{where}: fold {k} has cases in both train and val: "
-                              f"{sorted(train & val)[:5]}")  # fmt: skip
+            raise RecordError(
+                f"{where}: fold {k} has cases in both train and val: {sorted(train & val)[:5]}"
+            )
         if not val or not train:
             raise RecordError(f"{where}: fold {k} has an empty train or val set")
         seen.extend(val)

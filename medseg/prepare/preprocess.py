@@ -34,8 +34,9 @@ class _Job:
 
 def _run(job: _Job) -> str:
     image, label = read_case(job.spec, job.case)
-    data, seg, record = preprocess_case(image, label, job.plans, job.configuration,
-                                        job.case.case_id)  # fmt: skip
+    data, seg, record = preprocess_case(
+        image, label, job.plans, job.configuration, job.case.case_id
+    )
     # foreground locations for oversampling belong to the training store, not preprocessing
     classes = job.plans.labels.foreground
     rng = np.random.default_rng([job.seed, job.index])

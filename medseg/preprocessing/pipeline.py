@@ -73,8 +73,13 @@ def preprocess_case(
     shape_before = [int(s) for s in data.shape[1:]]
     data, seg, box = crop_to_nonzero(data, seg)
     steps.append({"step": "crop", "box": [list(b) for b in box], "shape_before": shape_before})
-    data = normalize(data, config.normalization_schemes, config.use_mask_for_norm,
-                     plans.intensity_properties, seg)  # fmt: skip
+    data = normalize(
+        data,
+        config.normalization_schemes,
+        config.use_mask_for_norm,
+        plans.intensity_properties,
+        seg,
+    )
     steps.append({"step": "normalize", "schemes": list(config.normalization_schemes)})
     cropped = tuple(int(s) for s in data.shape[1:])
     target = target_spacing(config, spacing)
@@ -82,8 +87,15 @@ def preprocess_case(
     data = resample_image(data, new_shape, spacing, target)
     seg = resample_label(seg, new_shape, spacing, target)
     seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8)
-    steps.append({"step": "resample", "spacing_before": list(spacing), "spacing_after": target,
-                  "shape_before": list(cropped), "shape_after": new_shape})  # fmt: skip
+    steps.append(
+        {
+            "step": "resample",
+            "spacing_before": list(spacing),
+            "spacing_after": target,
+            "shape_before": list(cropped),
+            "shape_after": new_shape,
+        }
+    )
     classes = plans.labels.foreground
     record = {
         "schema": CASE_SCHEMA[0],

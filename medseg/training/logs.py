@@ -26,10 +26,19 @@ def plot_history(path: Path, history: list[dict], title: str = "") -> None:
     top.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:red")
     top.set_ylabel("loss")
     dice = top.twinx()
-    dice.plot(epochs, [h["pseudo_dice_mean"] for h in history], ":", color="tab:green",
-              label="pseudo Dice")  # fmt: skip
-    dice.plot(epochs, [h["ema_pseudo_dice"] for h in history], color="tab:green",
-              label="pseudo Dice (EMA)")  # fmt: skip
+    dice.plot(
+        epochs,
+        [h["pseudo_dice_mean"] for h in history],
+        ":",
+        color="tab:green",
+        label="pseudo Dice",
+    )
+    dice.plot(
+        epochs,
+        [h["ema_pseudo_dice"] for h in history],
+        color="tab:green",
+        label="pseudo Dice (EMA)",
+    )
     dice.set_ylabel("pseudo Dice")
     dice.set_ylim(0, 1)
     lines = top.get_legend_handles_labels()[0] + dice.get_legend_handles_labels()[0]

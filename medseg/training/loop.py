@@ -120,8 +120,9 @@ def _train_epoch(run: _Run, epoch: int, on_iteration) -> tuple[float, float]:
     losses = []
     start = time.perf_counter()
     pin = run.device.type == "cuda"
-    for it, (image, label) in enumerate(epoch_loader(run.train_spec, epoch, s.iterations,
-                                                     s.workers, pin)):  # fmt: skip
+    for it, (image, label) in enumerate(
+        epoch_loader(run.train_spec, epoch, s.iterations, s.workers, pin)
+    ):
         image, label = finish_on_device(image, label, run.train_spec, epoch, it, run.device)
         losses.append(_train_step(run, image, label))
         if on_iteration:
@@ -170,24 +171,43 @@ def _build_run(plans: Plans, splits: dict, folder: Path, s: TrainSettings) -> _R
     device = resolve_device(s.device)
     n_in = config.input_channels(plans.n_channels, plans.labels)
     model = build_model(config, n_in, n_classes, s.seed).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=s.initial_lr, momentum=s.momentum,
-                                nesterov=True, weight_decay=s.weight_decay)  # fmt: skip
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=s.initial_lr,
+        momentum=s.momentum,
+        nesterov=True,
+        weight_decay=s.weight_decay,
+    )
     loss, weights = build_loss(config)
     amp_dtype, use_scaler = _amp(device, s.amp)
     masked = tuple(i for i, m in enumerate(config.use_mask_for_norm) if m)
     patch = config.patch_size
     common = dict(folder=folder, patch=patch, batch_size=config.batch_size, seed=s.seed)
     return _Run(
-        settings=s, config=config, model=model, optimizer=optimizer, loss=loss,
-        n_weighted=sum(1 for w in weights if w > 0), device=device,
-        scaler=torch.amp.GradScaler("cuda") if use_scaler else None, amp_dtype=amp_dtype,
-        train_spec=BatchSpec(case_ids=tuple(train_ids),
-                             augment=settings_for_patch(patch, masked_channels=masked),
-                             augment_in_worker=device.type != "cuda", **common),
-        val_spec=BatchSpec(case_ids=tuple(val_ids), augment=None, augment_in_worker=True,
-                           stream=VALIDATION_STREAM, **common),
+        settings=s,
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        loss=loss,
+        n_weighted=sum(1 for w in weights if w > 0),
+        device=device,
+        scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
+        amp_dtype=amp_dtype,
+        train_spec=BatchSpec(
+            case_ids=tuple(train_ids),
+            augment=settings_for_patch(patch, masked_channels=masked),
+            augment_in_worker=device.type != "cuda",
+            **common,
+        ),
+        val_spec=BatchSpec(
+            case_ids=tuple(val_ids),
+            augment=None,
+            augment_in_worker=True,
+            stream=VALIDATION_STREAM,
+            **common,
+        ),
         n_classes=n_classes,
-    )  # fmt: skip
+    )
 
 
 def _state(run: _Run, epoch: int, history: list[dict], best: float | None) -> dict:
@@ -237,11 +257,14 @@ def _finish_epoch(run: _Run, out: FoldDir, epoch: int, history: list[dict], best
         best = record["ema_pseudo_dice"]
         record["new_best"] = True
         save_checkpoint(out.checkpoint(Checkpoint.BEST), run.model, _state(run, epoch, [], best))
-    save_checkpoint(out.checkpoint(Checkpoint.LATEST), run.model,
-                    _state(run, epoch, history, best), run.optimizer)  # fmt: skip
+    save_checkpoint(
+        out.checkpoint(Checkpoint.LATEST),
+        run.model,
+        _state(run, epoch, history, best),
+        run.optimizer,
+    )
     write_history(out.training_log, history)
-    plot_history(out.progress, history, f"{run.settings.configuration} fold "
-                 f"{run.settings.fold}")  # fmt: skip
+    plot_history(out.progress, history, f"{run.settings.configuration} fold {run.settings.fold}")
     return best
 
 
@@ -271,8 +294,10 @@ def train(
     start, history, best = 0, [], None
     if latest.exists():
         if not resume:
-            raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
-                              "it, or choose another output folder")  # fmt: skip
+            raise TrainingError(
+                f"{out} already holds a training run; pass --resume to continue "
+                "it, or choose another output folder"
+            )
         try:
             start, history, best = _resume(run, folder)
         except _Stale:
@@ -291,17 +316,28 @@ def train(
         train_loss, its = _train_epoch(run, epoch, on_iteration)
         val_loss, dice = _validate_epoch(run, epoch)
         mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
-        ema = mean_dice if not history else EMA_DECAY * history[-1]["ema_pseudo_dice"] + (
-            1 - EMA_DECAY) * mean_dice  # fmt: skip
-        history.append({
-            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-            "pseudo_dice": dice, "pseudo_dice_mean": mean_dice, "ema_pseudo_dice": ema,
-            "learning_rate": run.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - t0, "iterations_per_second": its,
-        })  # fmt: skip
+        ema = (
+            mean_dice
+            if not history
+            else EMA_DECAY * history[-1]["ema_pseudo_dice"] + (1 - EMA_DECAY) * mean_dice
+        )
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "pseudo_dice": dice,
+                "pseudo_dice_mean": mean_dice,
+                "ema_pseudo_dice": ema,
+                "learning_rate": run.optimizer.param_groups[0]["lr"],
+                "epoch_seconds": time.perf_counter() - t0,
+                "iterations_per_second": its,
+            }
+        )
         best = _finish_epoch(run, folder, epoch, history, best)
         if on_epoch:
             on_epoch(history[-1])
-    save_checkpoint(folder.checkpoint(Checkpoint.FINAL), run.model,
-                    _state(run, settings.epochs - 1, [], best))  # fmt: skip
+    save_checkpoint(
+        folder.checkpoint(Checkpoint.FINAL), run.model, _state(run, settings.epochs - 1, [], best)
+    )
     return history[-1] if history else {}

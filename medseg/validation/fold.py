@@ -109,13 +109,18 @@ def validate_fold(
         write_volume(label, fold_dir.validation_label(case_id))
         save_probabilities(fold_dir.validation_probabilities(case_id), probs.array, probs.affine)
         ref = _reference(case_id, spec, preprocessed, record)
-        per_case[case_id] = {names[c]: d for c, d in
-                             dice_per_label(label.array, ref.array, labels).items()}  # fmt: skip
+        per_case[case_id] = {
+            names[c]: d for c, d in dice_per_label(label.array, ref.array, labels).items()
+        }
         log.info("validated %s: %s", case_id, per_case[case_id])
-    mean = {names[c]: float(np.nanmean([per_case[k][names[c]] for k in per_case]))
-            for c in labels}  # fmt: skip
-    summary = {"fold": settings.fold, "checkpoint": Checkpoint(settings.checkpoint).value,
-               "mirroring": list(mirror),
-               "n_cases": len(per_case), "mean_dice": mean, "cases": per_case}  # fmt: skip
+    mean = {names[c]: float(np.nanmean([per_case[k][names[c]] for k in per_case])) for c in labels}
+    summary = {
+        "fold": settings.fold,
+        "checkpoint": Checkpoint(settings.checkpoint).value,
+        "mirroring": list(mirror),
+        "n_cases": len(per_case),
+        "mean_dice": mean,
+        "cases": per_case,
+    }
     write_text_atomic(fold_dir.validation_metrics, json.dumps(summary, indent=1) + "\n")
     return summary

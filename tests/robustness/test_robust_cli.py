@@ -72,8 +72,9 @@ def test_unwritable_output_exits_2(volume, readonly_dir):
 def tiny_disk(folder: Path, size: str):
     """A tmpfs of ``size`` mounted on ``folder`` (root only), so writes hit ENOSPC."""
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a small tmpfs here to fill a disk: {mounted.stderr!r}")
     try:

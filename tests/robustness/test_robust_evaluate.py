@@ -62,8 +62,17 @@ def test_missing_predictions_are_an_error_naming_each_case(folders, tmp_path):
     before = tree_digest(preds), tree_digest(refs)
     out = tmp_path / "out" / "summary.json"
     result = evaluate(preds, refs, meta, out)
-    assert_clean_failure(result, 2, "error:", "2 of 3 reference cases", "b.nii.gz", "c.nii.gz",
-                         str(preds), str(refs), "--missing-as-empty")  # fmt: skip
+    assert_clean_failure(
+        result,
+        2,
+        "error:",
+        "2 of 3 reference cases",
+        "b.nii.gz",
+        "c.nii.gz",
+        str(preds),
+        str(refs),
+        "--missing-as-empty",
+    )
     assert f"have no prediction in {preds}: b.nii.gz, c.nii.gz." in result.stderr
     assert not out.exists() and not out.with_suffix(".csv").exists()
     assert not (preds / "summary.json").exists()
@@ -108,8 +117,17 @@ def test_unreadable_predictions_are_all_listed(folders, tmp_path):
     before = tree_digest(preds), tree_digest(refs)
     out = tmp_path / "out" / "summary.json"
     result = evaluate(preds, refs, meta, out)
-    assert_clean_failure(result, 2, "error:", "2 of 3 predictions", "cannot be read",
-                         "b.nii.gz", "c.nii.gz", str(refs), "--missing-as-empty")  # fmt: skip
+    assert_clean_failure(
+        result,
+        2,
+        "error:",
+        "2 of 3 predictions",
+        "cannot be read",
+        "b.nii.gz",
+        "c.nii.gz",
+        str(refs),
+        "--missing-as-empty",
+    )
     assert not out.exists() and not out.with_suffix(".csv").exists()
     result = evaluate(preds, refs, meta, out, "--missing-as-empty")
     assert result.returncode == 0, result.stdout + result.stderr

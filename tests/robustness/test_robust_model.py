@@ -31,9 +31,12 @@ NNUNET_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 def model(demo_models, tmp_path_factory) -> Path:
     """A good medseg model folder: tiny 3d_fullres, folds 0 and 1."""
     _, plans, _, checkpoints = demo_models
-    return export_model(tmp_path_factory.mktemp("model") / "model", plans,
-                        [{"configuration": "3d_fullres", "folds": [0, 1]}],
-                        {"3d_fullres": checkpoints["3d_fullres"]})  # fmt: skip
+    return export_model(
+        tmp_path_factory.mktemp("model") / "model",
+        plans,
+        [{"configuration": "3d_fullres", "folds": [0, 1]}],
+        {"3d_fullres": checkpoints["3d_fullres"]},
+    )
 
 
 def edit_json(path: Path, change) -> None:
@@ -84,38 +87,98 @@ def remove_weights(folder: Path) -> None:
 BROKEN = [
     ("no-members", drop_field("model.json", "members"), "model.json", ["members: missing"]),
     ("members-empty", set_field("model.json", "members", []), "model.json", ["members: []"]),
-    ("folds-not-a-list", set_member("folds", "0"), "model.json",
-     ["members[0].folds: '0' is not of type 'array'"]),
+    (
+        "folds-not-a-list",
+        set_member("folds", "0"),
+        "model.json",
+        ["members[0].folds: '0' is not of type 'array'"],
+    ),
     ("folds-empty", set_member("folds", []), "model.json", ["members[0].folds: []"]),
-    ("fold-not-a-number", set_member("folds", [0, "one"]), "model.json",
-     ["members[0].folds[1]: must be a fold number"]),
-    ("labels-not-pairs", set_field("model.json", "labels", [[0, "background"], [1]]),
-     "model.json", ["labels[1]: must be a [value, name] pair"]),
-    ("labels-a-dict", set_field("model.json", "labels", {"background": 0, "a": 1}),
-     "model.json", ["labels: must be a list of [value, name] pairs"]),
-    ("labels-not-consecutive", set_field("model.json", "labels", [[0, "bg"], [2, "a"]]),
-     "model.json", ["labels: label values must be 0 (background), 1, 2"]),
-    ("labels-disagree", set_field("model.json", "channel_names", ["PET"]), "model.json",
-     ["channel_names ['PET'] differ from", "plans.json: channel_names"]),
-    ("channel-names-empty", set_field("model.json", "channel_names", []), "model.json",
-     ["channel_names: []"]),
-    ("postprocessing-not-a-record", set_field("model.json", "postprocessing", "largest"),
-     "model.json", ["postprocessing: must be null"]),
-    ("bad-json", lambda f: (f / "model.json").write_text('{"schema": "medseg.model",'),
-     "model.json", ["not valid JSON"]),
-    ("configuration-not-in-plans", set_member("configuration", "3d_lowres"), "model.json",
-     ["members[0].configuration", "'3d_lowres'", "plans.json"]),
-    ("plans-without-patch-size", drop_patch_size, "plans.json",
-     ["configurations.3d_fullres.patch_size: missing"]),
-    ("plans-bad-transpose", set_field("plans.json", "transpose_forward", [0, 0, 1]),
-     "plans.json", ["transpose_forward: must be a permutation of [0, 1, 2]"]),
-    ("weights-missing", remove_weights, "",
-     ["3d_fullres/fold_0.safetensors, 3d_fullres/fold_1.safetensors", "missing"]),
-    ("weights-other-shape", other_features, "3d_fullres/fold_0.safetensors",
-     ["has shape", "the network's"]),
-    ("weights-damaged", lambda f: truncate(f / "3d_fullres" / "fold_1.safetensors"),
-     "3d_fullres/fold_1.safetensors", ["damaged"]),
-]  # fmt: skip
+    (
+        "fold-not-a-number",
+        set_member("folds", [0, "one"]),
+        "model.json",
+        ["members[0].folds[1]: must be a fold number"],
+    ),
+    (
+        "labels-not-pairs",
+        set_field("model.json", "labels", [[0, "background"], [1]]),
+        "model.json",
+        ["labels[1]: must be a [value, name] pair"],
+    ),
+    (
+        "labels-a-dict",
+        set_field("model.json", "labels", {"background": 0, "a": 1}),
+        "model.json",
+        ["labels: must be a list of [value, name] pairs"],
+    ),
+    (
+        "labels-not-consecutive",
+        set_field("model.json", "labels", [[0, "bg"], [2, "a"]]),
+        "model.json",
+        ["labels: label values must be 0 (background), 1, 2"],
+    ),
+    (
+        "labels-disagree",
+        set_field("model.json", "channel_names", ["PET"]),
+        "model.json",
+        ["channel_names ['PET'] differ from", "plans.json: channel_names"],
+    ),
+    (
+        "channel-names-empty",
+        set_field("model.json", "channel_names", []),
+        "model.json",
+        ["channel_names: []"],
+    ),
+    (
+        "postprocessing-not-a-record",
+        set_field("model.json", "postprocessing", "largest"),
+        "model.json",
+        ["postprocessing: must be null"],
+    ),
+    (
+        "bad-json",
+        lambda f: (f / "model.json").write_text('{"schema": "medseg.model",'),
+        "model.json",
+        ["not valid JSON"],
+    ),
+    (
+        "configuration-not-in-plans",
+        set_member("configuration", "3d_lowres"),
+        "model.json",
+        ["members[0].configuration", "'3d_lowres'", "plans.json"],
+    ),
+    (
+        "plans-without-patch-size",
+        drop_patch_size,
+        "plans.json",
+        ["configurations.3d_fullres.patch_size: missing"],
+    ),
+    (
+        "plans-bad-transpose",
+        set_field("plans.json", "transpose_forward", [0, 0, 1]),
+        "plans.json",
+        ["transpose_forward: must be a permutation of [0, 1, 2]"],
+    ),
+    (
+        "weights-missing",
+        remove_weights,
+        "",
+        ["3d_fullres/fold_0.safetensors, 3d_fullres/fold_1.safetensors", "missing"],
+    ),
+    (
+        "weights-other-shape",
+        other_features,
+        "3d_fullres/fold_0.safetensors",
+        ["has shape", "the network's"],
+    ),
+    (
+        "weights-damaged",
+        lambda f: truncate(f / "3d_fullres" / "fold_1.safetensors"),
+        "3d_fullres/fold_1.safetensors",
+        ["damaged"],
+    ),
+]
 
 
 def broken_copy(model: Path, tmp_path: Path, change) -> Path:
@@ -146,8 +209,12 @@ def test_wrong_shape_names_the_tensor(model, tmp_path):
 
 def test_several_problems_are_listed_then_counted(model, tmp_path):
     def many(folder):
-        edit_json(folder / "model.json", lambda d: d.update(
-            members=[{"folds": []}], labels=5, channel_names=[""], postprocessing=1))  # fmt: skip
+        edit_json(
+            folder / "model.json",
+            lambda d: d.update(
+                members=[{"folds": []}], labels=5, channel_names=[""], postprocessing=1
+            ),
+        )
 
     folder = broken_copy(model, tmp_path, many)
     with pytest.raises(ModelError, match=r"model\.json: .*; .*; .* \(and \d+ more\)"):
@@ -173,9 +240,12 @@ def nnunet_folder(model: Path, tmp_path: Path, plans_change=None, dataset_change
     folder = tmp_path / "Dataset001_Demo" / NNUNET_FOLDER
     (folder / "fold_0").mkdir(parents=True)
     plans = json.loads((model / "plans.json").read_text())
-    dataset = {"channel_names": {str(i): n for i, n in enumerate(plans.pop("channel_names"))},
-               "labels": {n: v for v, n in plans.pop("labels")}, "numTraining": 6,
-               "file_ending": ".nii.gz"}  # fmt: skip
+    dataset = {
+        "channel_names": {str(i): n for i, n in enumerate(plans.pop("channel_names"))},
+        "labels": {n: v for v, n in plans.pop("labels")},
+        "numTraining": 6,
+        "file_ending": ".nii.gz",
+    }
     for document, change in ((plans, plans_change), (dataset, dataset_change)):
         if change:
             change(document)
@@ -185,19 +255,49 @@ def nnunet_folder(model: Path, tmp_path: Path, plans_change=None, dataset_change
 
 
 NNUNET_BROKEN = [
-    ("plans-without-configurations", lambda p: p.pop("configurations"), None, "plans.json",
-     ["configurations: missing"]),
-    ("plans-without-configuration", lambda p: p["configurations"].pop("3d_fullres"), None,
-     "plans.json", ["the plans have no configuration '3d_fullres'"]),
-    ("dataset-without-labels", None, lambda d: d.pop("labels"), "dataset.json",
-     ["labels: missing"]),
-    ("dataset-without-channels", None, lambda d: d.pop("channel_names"), "dataset.json",
-     ["needs 'channel_names' (or the older 'modality')"]),
-    ("dataset-channel-keys", None, lambda d: d.update(channel_names={"1": "T2"}),
-     "dataset.json", ["channel_names: keys must be"]),
-    ("dataset-regions", None, lambda d: d["labels"].update(both=[1, 2]), "dataset.json",
-     ["region-based"]),
-]  # fmt: skip
+    (
+        "plans-without-configurations",
+        lambda p: p.pop("configurations"),
+        None,
+        "plans.json",
+        ["configurations: missing"],
+    ),
+    (
+        "plans-without-configuration",
+        lambda p: p["configurations"].pop("3d_fullres"),
+        None,
+        "plans.json",
+        ["the plans have no configuration '3d_fullres'"],
+    ),
+    (
+        "dataset-without-labels",
+        None,
+        lambda d: d.pop("labels"),
+        "dataset.json",
+        ["labels: missing"],
+    ),
+    (
+        "dataset-without-channels",
+        None,
+        lambda d: d.pop("channel_names"),
+        "dataset.json",
+        ["needs 'channel_names' (or the older 'modality')"],
+    ),
+    (
+        "dataset-channel-keys",
+        None,
+        lambda d: d.update(channel_names={"1": "T2"}),
+        "dataset.json",
+        ["channel_names: keys must be"],
+    ),
+    (
+        "dataset-regions",
+        None,
+        lambda d: d["labels"].update(both=[1, 2]),
+        "dataset.json",
+        ["region-based"],
+    ),
+]
 
 
 @pytest.mark.parametrize("case", NNUNET_BROKEN, ids=[b[0] for b in NNUNET_BROKEN])

@@ -25,9 +25,12 @@ from robustness.robust_tools import assert_clean_failure, tree_digest, write_nif
 def model(demo_models, tmp_path_factory) -> Path:
     """A medseg model folder (tiny 3d_fullres, one fold) from the session's demo models."""
     _, plans, _, checkpoints = demo_models
-    return export_model(tmp_path_factory.mktemp("model") / "model", plans,
-                        [{"configuration": "3d_fullres", "folds": [0]}],
-                        {"3d_fullres": {0: checkpoints["3d_fullres"][0]}})  # fmt: skip
+    return export_model(
+        tmp_path_factory.mktemp("model") / "model",
+        plans,
+        [{"configuration": "3d_fullres", "folds": [0]}],
+        {"3d_fullres": {0: checkpoints["3d_fullres"][0]}},
+    )
 
 
 @pytest.fixture()
@@ -42,8 +45,21 @@ def scans(demo_dataset, tmp_path) -> Path:
 
 def predict(model, inputs, out, *extra):
     inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-    return run_medseg("predict", "-m", model, "-i", *inputs, "-o", out, "--device", "cpu",
-                      "--engine", "torch", "--no-mirroring", *extra)  # fmt: skip
+    return run_medseg(
+        "predict",
+        "-m",
+        model,
+        "-i",
+        *inputs,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--engine",
+        "torch",
+        "--no-mirroring",
+        *extra,
+    )
 
 
 def manifest(out: Path) -> dict[str, dict]:
@@ -72,8 +88,9 @@ def test_output_folder_equal_to_the_input_is_refused_before_anything(model, scan
     assert sorted(p.name for p in scans.iterdir()) == sorted(before)
 
 
-def test_output_inside_an_input_folder_or_a_dicom_study_is_refused(model, scans, dicom_dir,
-                                                                   tmp_path):  # fmt: skip
+def test_output_inside_an_input_folder_or_a_dicom_study_is_refused(
+    model, scans, dicom_dir, tmp_path
+):
     before = tree_digest(scans)
     assert_clean_failure(predict(model, scans, scans / "out"), 2, "inside the input folder")
     assert tree_digest(scans) == before and not (scans / "out").exists()
@@ -146,15 +163,20 @@ def test_batch_of_three_good_and_three_bad_scans(model, scans, tmp_path):
     before = tree_digest(scans)
     out = tmp_path / "out"
     # the default engine, as users run it
-    result = run_medseg("predict", "-m", model, "-i", scans, "-o", out, "--device", "cpu",
-                        "--no-mirroring")  # fmt: skip
+    result = run_medseg(
+        "predict", "-m", model, "-i", scans, "-o", out, "--device", "cpu", "--no-mirroring"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     records = manifest(out)
     assert {k: r["status"] for k, r in records.items()} == {
-        "demo_000": "ok", "demo_100": "ok", "demo_101": "ok",
-        "bad_nan": "failed", "bad_constant": "failed", "bad_two_channels": "failed",
-    }  # fmt: skip
+        "demo_000": "ok",
+        "demo_100": "ok",
+        "demo_101": "ok",
+        "bad_nan": "failed",
+        "bad_constant": "failed",
+        "bad_two_channels": "failed",
+    }
     reasons = {k: records[k]["error"] for k in ("bad_nan", "bad_constant", "bad_two_channels")}
     assert "NaN or infinite" in reasons["bad_nan"]
     assert "one value (40)" in reasons["bad_constant"]
@@ -176,12 +198,15 @@ def test_batch_of_three_good_and_three_bad_scans(model, scans, tmp_path):
     [
         ("inf", lambda a: np.where(a > a.mean(), np.inf, a), "NaN or infinite"),
         ("zeros", np.zeros_like, "one value (0)"),
-        ("almost_blank", lambda a: np.where(np.arange(a.size).reshape(a.shape) % 997 == 0, 5.0, 0),
-         "almost blank"),
+        (
+            "almost_blank",
+            lambda a: np.where(np.arange(a.size).reshape(a.shape) % 997 == 0, 5.0, 0),
+            "almost blank",
+        ),
         ("one_slice", lambda a: a[:, :, :1], "single slice"),
         ("two_d", lambda a: a[:, :, 0], "2D image"),
     ],
-)  # fmt: skip
+)
 def test_scans_the_gate_refuses(model, scans, tmp_path, name, change, needle):
     bad = _variant(scans / "demo_100.nii.gz", tmp_path / "in" / f"{name}.nii.gz", change)
     before = tree_digest(bad)
@@ -211,8 +236,9 @@ def _header_variant(good: Path, target: Path, how: str) -> Path:
     return target
 
 
-@pytest.mark.parametrize(("how", "needle"), [("sform_qform", "sform and qform disagree"),
-                                             ("pixdim", "pixdim[1..3]")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("how", "needle"), [("sform_qform", "sform and qform disagree"), ("pixdim", "pixdim[1..3]")]
+)
 def test_ambiguous_header_geometry_is_refused(model, scans, tmp_path, how, needle):
     (tmp_path / "in").mkdir()
     bad = _header_variant(scans / "demo_100.nii.gz", tmp_path / "in" / f"{how}.nii", how)
@@ -247,8 +273,10 @@ def test_far_spacing_is_predicted_with_a_warning(model, scans, tmp_path):
 def test_unreadable_files_say_what_is_wrong(model, tmp_path):
     (tmp_path / "in").mkdir()
     mhd = tmp_path / "in" / "scan.mhd"
-    mhd.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
-                   "ElementDataFile = scan.raw\n")  # fmt: skip
+    mhd.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+        "ElementDataFile = scan.raw\n"
+    )
     # (scan.raw is missing)
     other = tmp_path / "in" / "scan.xyz"
     other.write_text("not an image")
@@ -292,8 +320,9 @@ def channel_folder(demo_module, tmp_path) -> Path:
     return root / "imagesTs"
 
 
-def test_bad_channel_files_fail_their_case_and_the_batch_goes_on(two_channel, channel_folder,
-                                                                 tmp_path):  # fmt: skip
+def test_bad_channel_files_fail_their_case_and_the_batch_goes_on(
+    two_channel, channel_folder, tmp_path
+):
     c0, c1 = (channel_folder / f"demo_100_{c:04d}.nii.gz" for c in (0, 1))
     shutil.copy(c0, channel_folder / "lonely_0000.nii.gz")  # channel 1 missing
     img = nib.load(c1)
@@ -313,17 +342,23 @@ def test_bad_channel_files_fail_their_case_and_the_batch_goes_on(two_channel, ch
     assert_clean_failure(result, 1, "2 done, 0 skipped, 4 failed")
     records = manifest(out)
     assert {k: r["status"] for k, r in records.items()} == {
-        "demo_100": "ok", "demo_101": "ok",
-        "lonely": "failed", "moved": "failed", "cropped": "failed", "nan": "failed",
-    }  # fmt: skip
+        "demo_100": "ok",
+        "demo_101": "ok",
+        "lonely": "failed",
+        "moved": "failed",
+        "cropped": "failed",
+        "nan": "failed",
+    }
     errors = {k: records[k]["error"] for k in ("lonely", "moved", "cropped", "nan")}
-    assert errors["lonely"].startswith(f"{channel_folder / 'lonely_0001.nii.gz'}: channel file "
-                                       "not found")  # fmt: skip
+    assert errors["lonely"].startswith(
+        f"{channel_folder / 'lonely_0001.nii.gz'}: channel file not found"
+    )
     assert records["lonely"]["inputs"] == [str((channel_folder / "lonely_0000.nii.gz").resolve())]
     assert records["lonely"]["outputs"] == {} and records["lonely"]["seconds"] == {}
     for case in ("moved", "cropped"):
-        assert errors[case].startswith(f"{channel_folder / f'{case}_0001.nii.gz'}: voxel grid "
-                                       "differs from channel 0's")  # fmt: skip
+        assert errors[case].startswith(
+            f"{channel_folder / f'{case}_0001.nii.gz'}: voxel grid differs from channel 0's"
+        )
     assert "origin" in errors["moved"] and "shape" in errors["cropped"]
     assert errors["nan"].startswith(f"{channel_folder / 'nan_0001.nii.gz'} (channel 1) holds")
     assert "NaN or infinite" in errors["nan"]
@@ -339,8 +374,9 @@ def test_bad_channel_files_fail_their_case_and_the_batch_goes_on(two_channel, ch
     _no_temporaries(out)
 
 
-def test_an_output_that_would_replace_a_channel_file_is_refused(two_channel, channel_folder,
-                                                                tmp_path):  # fmt: skip
+def test_an_output_that_would_replace_a_channel_file_is_refused(
+    two_channel, channel_folder, tmp_path
+):
     folder = tmp_path / "in"
     folder.mkdir()
     for c in (0, 1):
