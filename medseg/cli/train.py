@@ -66,7 +66,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg.io.guard import refuse_overlap
 
-    refuse_overlap([args.preprocessed, args.plans, args.splits, args.dataset], args.output)
+    inputs = [args.preprocessed, args.plans, args.splits, args.dataset, args.previous]
+    refuse_overlap(inputs, args.output)
     if args.threads:
         import torch
 
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 args.output,
                 settings,
                 resume=args.resume,
+                previous=args.previous,
                 on_iteration=on_iteration,
                 on_epoch=on_epoch,
             )

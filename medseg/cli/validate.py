@@ -67,6 +67,12 @@ def add_validation_options(p: argparse.ArgumentParser) -> None:
         metavar="DATASET",
         help="raw dataset, to score against the original labels",
     )
+    p.add_argument(
+        "--previous",
+        type=Path,
+        metavar="DIR",
+        help="a cascade stage: the previous stage's CV segmentations ('medseg previous-stage')",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument(
         "--no-mirroring", action="store_true", help="no mirroring test-time augmentation"
@@ -91,7 +97,13 @@ def validate(
         fold=args.fold, device=args.device, mirroring=not args.no_mirroring, checkpoint=which
     )
     summary = validate_fold(
-        args.output, plans, splits, args.preprocessed, settings, dataset=args.dataset
+        args.output,
+        plans,
+        splits,
+        args.preprocessed,
+        settings,
+        dataset=args.dataset,
+        previous=args.previous,
     )
     means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean_dice"].items())
     out.print(f"fold validation ({summary['n_cases']} cases): Dice {means}", highlight=False)
@@ -103,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from medseg.core.records import SPLITS_SCHEMA, read_record
     from medseg.io.guard import refuse_overlap
 
-    refuse_overlap([args.preprocessed, args.plans, args.splits, args.dataset], args.output)
+    inputs = [args.preprocessed, args.plans, args.splits, args.dataset, args.previous]
+    refuse_overlap(inputs, args.output)
     if args.threads:
         import torch
 

@@ -8,6 +8,7 @@ A workflow results folder::
 
     RESULTS/dataset_check.json  fingerprint.json  plans.json  configurations.json
             splits.json  preprocessed/<config>/  models/<config>/fold_<k>/  cv/selection.json
+            previous_stage/<cascade config>/ (CASE.b2nd, previous_stage.json)
             model/  predictions/ (manifest.jsonl, summary.json, summary.csv)
             qc.png  training_curves.png  logs/  benchmarks/
 
@@ -193,6 +194,10 @@ class Results:
     def preprocessed(self, configuration: str) -> Path:
         return self._at("preprocessed", configuration)
 
+    def previous_stage(self, configuration: str) -> PreviousStageDir:
+        """The previous stage's CV segmentations for cascade stage ``configuration``."""
+        return PreviousStageDir(self._at("previous_stage", configuration))
+
     @property
     def models(self) -> Path:
         return self._at("models")
@@ -264,6 +269,23 @@ class PreprocessedDir:
     def record(self, case_id: str) -> Path:
         """The case's preprocessing record, written last: its presence means complete."""
         return Path(self.root) / f"{case_id}.json"
+
+
+@dataclass(frozen=True)
+class PreviousStageDir:
+    """``previous_stage/<config>/``: for a cascade stage, the previous stage's
+    cross-validation segmentation of every training case on this stage's preprocessed
+    grid (``medseg previous-stage``), stored like the preprocessed labels."""
+
+    root: Path
+
+    def seg(self, case_id: str) -> Path:
+        return Path(self.root) / f"{case_id}.b2nd"
+
+    @property
+    def summary(self) -> Path:
+        """Written last: its presence means complete."""
+        return Path(self.root) / "previous_stage.json"
 
 
 @dataclass(frozen=True)

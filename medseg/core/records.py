@@ -21,7 +21,8 @@ FINGERPRINT_SCHEMA = ("medseg.fingerprint", 1)
 PLANS_SCHEMA = ("medseg.plans", 1)
 SPLITS_SCHEMA = ("medseg.splits", 1)
 #: Which planned configurations the workflow preprocesses and trains (``medseg plan``).
-STAGES_SCHEMA = ("medseg.configurations", 1)
+STAGES_SCHEMA = ("medseg.configurations", 2)
+PREVIOUS_STAGE_SCHEMA = ("medseg.previous_stage", 1)
 #: One preprocessed case: the steps applied, in order (see medseg.preprocessing.pipeline).
 CASE_SCHEMA = ("medseg.case", 2)
 

@@ -22,7 +22,12 @@ from medseg.core.volume import Kind, Volume
 from medseg.inference.bundle import Member, ModelBundle
 from medseg.inference.gate import channel_findings, enforce
 from medseg.inference.sliding_window import predict_logits
-from medseg.preprocessing.pipeline import preprocess_case, to_original
+from medseg.preprocessing.pipeline import (
+    label_to_preprocessed,
+    preprocess_case,
+    previous_stage_channels,
+    to_original,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +49,21 @@ class PredictOptions:
     blend: Blend = Blend.AUTO
 
 
-def _input_with_previous(member: Member, image: Volume, bundle: ModelBundle, options, progress):
-    """Preprocessed input of ``member``; for a cascade, with the previous stage one-hot."""
+def _input_with_previous(
+    member: Member, image: Volume, bundle: ModelBundle, options, progress, memo: dict
+):
+    """Preprocessed input of ``member``; for a cascade, with the previous stage one-hot
+    (its segmentation mapped by the case's own steps, as in training)."""
+    data, _, record = preprocess_case(image, None, bundle.plans, member.configuration)
     if member.previous is None:
-        data, _, record = preprocess_case(image, None, bundle.plans, member.configuration)
         return data, record
-    previous = predict_member(member.previous, image, bundle, options, progress)
+    previous = predict_member(member.previous, image, bundle, options, progress, memo)
+    memo[(member.previous.configuration, tuple(member.previous.folds))] = previous
     prev_label = Volume.label(previous.array.argmax(0).astype(np.uint8), previous.affine)
-    data, seg, record = preprocess_case(image, prev_label, bundle.plans, member.configuration)
-    foreground = [v for v, _ in bundle.labels if v != 0]
-    onehot = np.stack([(seg == v) for v in foreground]).astype(np.float32)
-    return np.concatenate([data, onehot]), record
+    seg = label_to_preprocessed(prev_label, record, bundle.plans.reorients)
+    return np.concatenate(
+        [data, previous_stage_channels(seg, bundle.plans.labels.foreground)]
+    ), record
 
 
 def predict_member(
@@ -63,9 +72,22 @@ def predict_member(
     bundle: ModelBundle,
     options: PredictOptions = PredictOptions(),
     progress: Callable[[int, int], None] | None = None,
+    memo: dict | None = None,
 ) -> Volume:
-    """Class probabilities ``(K, X, Y, Z)`` of one configuration, on the input's grid."""
-    data, record = _input_with_previous(member, image, bundle, options, progress)
+    """Class probabilities ``(K, X, Y, Z)`` of one configuration, on the input's grid.
+
+    ``memo`` keeps the previous stages predicted for this image (by configuration and
+    folds): a cascade's first stage that is also an ensemble member runs once.
+    """
+    memo = {} if memo is None else memo
+    key = (member.configuration, tuple(member.folds))
+    if key in memo:
+        return memo[key]
+    return _predict_member(member, image, bundle, options, progress, memo)
+
+
+def _predict_member(member: Member, image: Volume, bundle, options, progress, memo) -> Volume:
+    data, record = _input_with_previous(member, image, bundle, options, progress, memo)
     mirror = member.mirror_axes if options.mirroring else ()
     blend = resolve_blend(options.blend, bundle)
     logits = None
@@ -123,9 +145,10 @@ def predict_volume(
     Both have ``image``'s exact shape and affine.
     """
     enforce(channel_findings(image.n_channels, bundle.channel_names))
-    probs = None
-    for member in bundle.members:
-        p = predict_member(member, image, bundle, options, progress).array
+    probs, memo = None, {}
+    # cascade stages first: their previous stage, when also a member, is then reused
+    for member in sorted(bundle.members, key=lambda m: m.previous is None):
+        p = predict_member(member, image, bundle, options, progress, memo).array.copy()
         probs = p if probs is None else probs + p
     if len(bundle.members) > 1:
         probs /= len(bundle.members)  # in place: probs is the sum just made

@@ -25,7 +25,7 @@ import blosc2
 import numpy as np
 
 from medseg.core.errors import RecordError
-from medseg.core.layout import PreprocessedDir
+from medseg.core.layout import PreprocessedDir, PreviousStageDir
 from medseg.core.records import CASE_SCHEMA, read_record
 
 MAX_CHUNK_BYTES = 8 * 1024**2
@@ -90,6 +90,27 @@ def write_case(
     with open(store.locations(case_id), "wb") as f:
         np.savez_compressed(f, **{k: np.diff(v, prepend=0) for k, v in flat.items()})
     store.record(case_id).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def write_previous(folder: Path, case_id: str, seg: np.ndarray, patch_size: Sequence[int]) -> None:
+    """Store a cascade stage's previous-stage segmentation of one case, chunked like the
+    case's label (so a training patch reads only the chunks it touches)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_array(seg, PreviousStageDir(folder).seg(case_id), patch_size)
+
+
+def open_previous(folder: Path, case_id: str):
+    """The previous-stage segmentation of a case, lazily opened (index it to read)."""
+    path = PreviousStageDir(Path(folder)).seg(case_id)
+    if not path.is_file():
+        raise RecordError(
+            f"{path}: no previous-stage segmentation of case {case_id!r}; run "
+            "'medseg previous-stage' after validating every fold of the previous stage"
+        )
+    try:
+        return blosc2.open(str(path), mode="r")
+    except Exception as e:
+        raise RecordError(f"{path}: cannot open ({e}); run 'medseg previous-stage' again") from e
 
 
 def case_ids(folder: Path) -> list[str]:

@@ -183,3 +183,33 @@ def to_original(prediction: np.ndarray, record: dict, outside=None) -> Volume:
         raise RecordError(f"case record {record.get('case_id')!r} does not start on the grid")
     orientation = OrientationRecord.from_dict(grid["orientation"])
     return from_processing(array, orientation, Kind.LABEL if is_label else Kind.IMAGE)
+
+
+def label_to_preprocessed(label: Volume, record: dict, reorient: bool) -> np.ndarray:
+    """A label map on the original grid, brought onto the preprocessed grid of ``record``
+    by the case's own forward steps (transpose, crop box, label resampling).
+
+    A cascade stage's input: the previous stage's segmentation, mapped exactly as the
+    case's image was (the crop box is the image's, not the label's).
+    """
+    steps = {entry["step"]: entry for entry in record["steps"]}
+    seg = to_processing(label, reorient)[0]
+    seg = np.transpose(seg, steps["transpose"]["axes"])
+    crop = steps["crop"]
+    if list(seg.shape) != list(crop["shape_before"]):
+        raise RecordError(
+            f"case {record.get('case_id')!r}: the label's shape {list(seg.shape)} on the "
+            f"processing grid is not the image's {crop['shape_before']}; give the label of "
+            "this case"
+        )
+    seg = seg[tuple(slice(lo, hi) for lo, hi in crop["box"])]
+    resample = steps["resample"]
+    args = (resample["shape_after"], resample["spacing_before"], resample["spacing_after"])
+    seg = resample_label(seg, *args)
+    return seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8)
+
+
+def previous_stage_channels(seg: np.ndarray, foreground) -> np.ndarray:
+    """A cascade stage's extra input: the previous stage's segmentation ``(...)`` as one
+    float32 channel per foreground label ``(F, ...)`` (other values, -1 included, are 0)."""
+    return np.stack([seg == v for v in foreground]).astype(np.float32)

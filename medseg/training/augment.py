@@ -239,7 +239,7 @@ def _spatial(image, label, patch: list[int], s: AugmentSettings, p: dict):
         affines, warp_patch = affines[:, 1:, 1:], patch[1:]
     warped, warped_label = _warp(image, label, affines, warp_patch)
     out_image[idx] = warped.view(len(idx), -1, *patch)
-    out_label[idx] = warped_label.view(len(idx), 1, *patch)
+    out_label[idx] = warped_label.view(len(idx), -1, *patch)
     return out_image, out_label
 
 
@@ -256,9 +256,9 @@ def _mirror(image, label, p: dict, s: AugmentSettings):
 def _check(image: torch.Tensor, label: torch.Tensor, patch, s: AugmentSettings, generator) -> None:
     """Raise :class:`AugmentError` unless the batch, patch, settings and generator fit together."""
     dim = image.ndim - 2
-    if dim not in (2, 3) or label.ndim != image.ndim or label.shape[1] != 1:
+    if dim not in (2, 3) or label.ndim != image.ndim or label.shape[1] < 1:
         raise AugmentError(
-            f"expected image (B, C, *spatial) and label (B, 1, *spatial) with 2 or 3 spatial axes, "
+            f"expected image (B, C, *spatial) and label (B, L, *spatial) with 2 or 3 spatial axes, "
             f"got {tuple(image.shape)} and {tuple(label.shape)}"
         )
     if label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]:
@@ -292,7 +292,9 @@ def augment(
     image : torch.Tensor
         ``(B, C, *source)`` floating point, ``source`` usually :func:`source_patch_size`.
     label : torch.Tensor
-        ``(B, 1, *source)`` integer; -1 marks outside / padding.
+        ``(B, L, *source)`` integer; -1 marks outside / padding. Channel 0 is the label
+        (it masks the image); a cascade stage adds the previous stage's segmentation,
+        moved with the label (nearest neighbour).
     patch_size : sequence of int
         Output spatial size.
     settings : AugmentSettings
@@ -303,7 +305,7 @@ def augment(
     Returns
     -------
     image, label : torch.Tensor
-        ``(B, C, *patch_size)`` and ``(B, 1, *patch_size)`` (same dtypes), label -1 -> 0.
+        ``(B, C, *patch_size)`` and ``(B, L, *patch_size)`` (same dtypes), label -1 -> 0.
         The inputs are not modified.
     """
     patch = [int(v) for v in patch_size]
@@ -319,7 +321,7 @@ def augment(
     image, label = _mirror(image, label, p, s)
     if s.masked_channels:
         channels = list(s.masked_channels)
-        image[:, channels] = image[:, channels].masked_fill(label < 0, 0.0)
+        image[:, channels] = image[:, channels].masked_fill(label[:, :1] < 0, 0.0)
     return image, label.masked_fill(label == OUTSIDE, 0)
 
 

@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.errors import TrainingError
-from medseg.io.preprocessed import open_case_arrays, read_case_record, read_locations
+from medseg.io.preprocessed import (
+    open_case_arrays,
+    open_previous,
+    read_case_record,
+    read_locations,
+)
 from medseg.preprocessing.crop import OUTSIDE
 
 OVERSAMPLE_FOREGROUND = 0.33
@@ -37,9 +42,11 @@ def forced_foreground(batch_size: int, fraction: float = OVERSAMPLE_FOREGROUND) 
 
 @dataclass
 class CaseStore:
-    """Lazily opened preprocessed cases of one folder (one per worker process)."""
+    """Lazily opened preprocessed cases of one folder (one per worker process); for a
+    cascade stage, with the previous stage's segmentations from ``previous``."""
 
     folder: Path
+    previous: Path | None = None
     _open: dict = field(default_factory=dict)
 
     def case(self, case_id: str):
@@ -49,7 +56,13 @@ class CaseStore:
             shape = tuple(int(s) for s in seg.shape)
             locations = read_locations(self.folder, case_id, shape)
             present = [c for c, loc in sorted(locations.items()) if len(loc)]
-            self._open[case_id] = (data, seg, shape, locations, present)
+            prev = None if self.previous is None else open_previous(self.previous, case_id)
+            if prev is not None and tuple(prev.shape) != shape:
+                raise TrainingError(
+                    f"{self.previous}: the previous-stage segmentation of {case_id!r} has shape "
+                    f"{tuple(prev.shape)}, the case {shape}; run 'medseg previous-stage' again"
+                )
+            self._open[case_id] = (data, seg, shape, locations, present, prev)
         return self._open[case_id]
 
 
@@ -81,8 +94,12 @@ def _read(array, starts, patch, fill, lead: int):
 
 
 def sample_patch(store: CaseStore, case_id: str, patch, foreground: bool, rng):
-    """One ``(image (C, *patch), label (*patch))`` pair; a 2D ``patch`` takes one slice."""
-    data, seg, shape, locations, present = store.case(case_id)
+    """One ``(image (C, *patch), label (L, *patch))`` pair; a 2D ``patch`` takes one slice.
+
+    ``L`` is 1, or 2 for a cascade stage: the label, then the previous stage's
+    segmentation of the same window (0 outside the case).
+    """
+    data, seg, shape, locations, present, prev = store.case(case_id)
     centre = None
     if foreground and present:
         cls = present[int(rng.integers(len(present)))]
@@ -91,10 +108,16 @@ def sample_patch(store: CaseStore, case_id: str, patch, foreground: bool, rng):
         z = int(centre[0]) if centre is not None else int(rng.integers(shape[0]))
         starts = _window(shape[1:], patch, rng, None if centre is None else centre[1:])
         image = _read(data, [z, *starts], (1, *patch), 0, lead=1)[:, 0]
-        label = _read(seg, [z, *starts], (1, *patch), OUTSIDE, lead=0)[0]
-        return image, label
+        labels = [_read(a, [z, *starts], (1, *patch), f, lead=0)[0] for a, f in _labels(seg, prev)]
+        return image, np.stack(labels)
     starts = _window(shape, patch, rng, centre)
-    return _read(data, starts, patch, 0, lead=1), _read(seg, starts, patch, OUTSIDE, lead=0)
+    labels = [_read(a, starts, patch, f, lead=0) for a, f in _labels(seg, prev)]
+    return _read(data, starts, patch, 0, lead=1), np.stack(labels)
+
+
+def _labels(seg, prev):
+    """The label arrays of a case with the value that pads each."""
+    return [(seg, OUTSIDE)] + ([] if prev is None else [(prev, 0)])
 
 
 def sample_batch(
@@ -105,7 +128,8 @@ def sample_batch(
     rng: np.random.Generator,
     oversample: float = OVERSAMPLE_FOREGROUND,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``image (B, C, *patch)`` float32 and ``label (B, 1, *patch)`` int16 for one batch."""
+    """``image (B, C, *patch)`` float32 and ``label (B, L, *patch)`` int16 for one batch
+    (``L`` = 2 for a cascade stage: label, previous-stage segmentation)."""
     if not case_ids:
         raise TrainingError(
             "no cases to sample training patches from; the fold's training list is empty "
@@ -118,4 +142,4 @@ def sample_batch(
         images.append(image)
         labels.append(label)
     images = np.stack(images).astype(np.float32, copy=False)  # stack made a new array
-    return images, np.stack(labels)[:, None].astype(np.int16)
+    return images, np.stack(labels).astype(np.int16)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from medseg.training.augment import AugmentSettings, augment, source_patch_size
+from medseg.training.cascade import CascadeAugmentSettings, augment_previous, previous_onehot
 from medseg.training.data import CaseStore, batch_seed, sample_batch
 
-AUGMENT_STREAM, SAMPLE_STREAM, VALIDATION_STREAM = 1, 0, 2
+AUGMENT_STREAM, SAMPLE_STREAM, VALIDATION_STREAM, CASCADE_STREAM = 1, 0, 2, 3
 
 
 def torch_generator(seq: np.random.SeedSequence, device: str | torch.device = "cpu"):
@@ -38,6 +39,10 @@ class BatchSpec:
     augment: AugmentSettings | None
     augment_in_worker: bool
     stream: int = SAMPLE_STREAM
+    #: A cascade stage: the previous stage's segmentations, and the labels one-hot encoded
+    previous: Path | None = None
+    foreground: tuple[int, ...] = ()
+    cascade: CascadeAugmentSettings | None = None
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -53,18 +58,32 @@ class EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: tuple[int, int]):
         spec = self.spec
         if self.store is None:  # opened lazily, once per worker process
-            self.store = CaseStore(spec.folder)
+            self.store = CaseStore(spec.folder, spec.previous)
         epoch, it = index
         read = spec.patch if spec.augment is None else source_patch_size(spec.patch, spec.augment)
         rng = np.random.default_rng(batch_seed(spec.seed, epoch, it, spec.stream))
         image, label = sample_batch(self.store, list(spec.case_ids), read, spec.batch_size, rng)
         image, label = torch.from_numpy(image), torch.from_numpy(label)
         if spec.augment is None:
-            return image, label.clamp_(min=0)
+            return with_previous(image, label.clamp_(min=0), spec, epoch, it)
         if spec.augment_in_worker:
             gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM))
-            return augment(image, label, spec.patch, spec.augment, gen)
+            image, label = augment(image, label, spec.patch, spec.augment, gen)
+            return with_previous(image, label, spec, epoch, it)
         return image, label
+
+
+def with_previous(image, label, spec: BatchSpec, epoch: int, it: int):
+    """A cascade batch: the previous stage's segmentation (label channel 1) becomes
+    one-hot input channels after the image's, with nnU-Net's cascade augmentation when
+    training; other batches pass through."""
+    if spec.previous is None:
+        return image, label
+    onehot = previous_onehot(label[:, 1:2], spec.foreground, image.dtype)
+    if spec.cascade is not None:
+        gen = torch_generator(batch_seed(spec.seed, epoch, it, CASCADE_STREAM))
+        onehot = augment_previous(onehot, spec.cascade, gen)
+    return torch.cat([image, onehot], dim=1), label[:, :1]
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -100,4 +119,5 @@ def finish_on_device(image, label, spec: BatchSpec, epoch: int, it: int, device)
     if spec.augment is not None and not spec.augment_in_worker:
         gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM), device)
         image, label = augment(image, label, spec.patch, spec.augment, gen)
+        image, label = with_previous(image, label, spec, epoch, it)
     return image, label

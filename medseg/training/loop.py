@@ -36,6 +36,7 @@ from medseg.nets.checkpoint import (
 from medseg.nets.device import resolve_device
 from medseg.planning.splits import fold_cases
 from medseg.training.augment import settings_for_patch
+from medseg.training.cascade import CascadeAugmentSettings
 from medseg.training.loader import (
     VALIDATION_STREAM,
     BatchSpec,
@@ -164,8 +165,25 @@ def _amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]
     return torch.float16, True
 
 
-def _build_run(plans: Plans, splits: dict, folder: Path, s: TrainSettings) -> _Run:
+def _cascade(config: Configuration, plans: Plans, previous: Path | None) -> dict:
+    """The batch fields of a cascade stage (none for other configurations)."""
+    if not config.previous_stage:
+        if previous is not None:
+            raise TrainingError(f"{config.name} is not a cascade stage; drop --previous")
+        return {}
+    if previous is None:
+        raise TrainingError(
+            f"{config.name} is a cascade stage after {config.previous_stage}: give its "
+            "cross-validation segmentations with --previous (see 'medseg previous-stage')"
+        )
+    return {"previous": Path(previous), "foreground": tuple(plans.labels.foreground)}
+
+
+def _build_run(
+    plans: Plans, splits: dict, folder: Path, s: TrainSettings, previous: Path | None
+) -> _Run:
     config = plans.configuration(s.configuration)
+    cascade = _cascade(config, plans, previous)
     train_ids, val_ids = fold_cases(splits, s.fold, case_ids(folder))
     n_classes = plans.labels.n_classes
     device = resolve_device(s.device)
@@ -182,7 +200,7 @@ def _build_run(plans: Plans, splits: dict, folder: Path, s: TrainSettings) -> _R
     amp_dtype, use_scaler = _amp(device, s.amp)
     masked = tuple(i for i, m in enumerate(config.use_mask_for_norm) if m)
     patch = config.patch_size
-    common = dict(folder=folder, patch=patch, batch_size=config.batch_size, seed=s.seed)
+    common = dict(folder=folder, patch=patch, batch_size=config.batch_size, seed=s.seed, **cascade)
     return _Run(
         settings=s,
         config=config,
@@ -197,6 +215,7 @@ def _build_run(plans: Plans, splits: dict, folder: Path, s: TrainSettings) -> _R
             case_ids=tuple(train_ids),
             augment=settings_for_patch(patch, masked_channels=masked),
             augment_in_worker=device.type != "cuda",
+            cascade=CascadeAugmentSettings() if cascade else None,
             **common,
         ),
         val_spec=BatchSpec(
@@ -276,6 +295,7 @@ def train(
     settings: TrainSettings,
     *,
     resume: bool = False,
+    previous: Path | None = None,
     on_iteration: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -285,9 +305,10 @@ def train(
     and progress.png. Without ``resume``, an existing checkpoint is an error
     (nothing is overwritten by accident); with it, training continues from it
     (or starts, if there is none; or starts over, if the checkpoint was made with
-    other plans or another split, which is then kept as ``.stale``).
+    other plans or another split, which is then kept as ``.stale``). A cascade stage
+    needs ``previous``: the previous stage's CV segmentations (``medseg previous-stage``).
     """
-    run = _build_run(Plans.of(plans), splits, Path(preprocessed), settings)
+    run = _build_run(Plans.of(plans), splits, Path(preprocessed), settings, previous)
     folder = FoldDir(Path(out))
     Path(out).mkdir(parents=True, exist_ok=True)
     latest = folder.checkpoint(Checkpoint.LATEST)

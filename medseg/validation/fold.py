@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.core.errors import TrainingError
 from medseg.core.layout import Checkpoint, FoldDir
 from medseg.core.plans import Configuration, Plans
 from medseg.core.volume import Volume
@@ -28,14 +29,14 @@ from medseg.evaluation.metrics import dice_per_label
 from medseg.inference.predict import probabilities_on_original_grid
 from medseg.inference.sliding_window import predict_logits
 from medseg.io.atomic import write_text_atomic
-from medseg.io.preprocessed import case_ids, open_case_arrays, read_case_record
+from medseg.io.preprocessed import case_ids, open_case_arrays, open_previous, read_case_record
 from medseg.io.probabilities import save_probabilities
 from medseg.io.volumes import read_volume, write_volume
 from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
 from medseg.nets.device import resolve_device
 from medseg.nets.unet import build_network
 from medseg.planning.splits import fold_cases
-from medseg.preprocessing.pipeline import to_original
+from medseg.preprocessing.pipeline import previous_stage_channels, to_original
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,21 @@ def _reference(case_id: str, dataset, preprocessed: Path, record: dict) -> Volum
     return to_original(np.asarray(seg[:]), record)
 
 
+def _input(preprocessed: Path, case_id: str, config: Configuration, plans: Plans, previous):
+    """The network input of a case: its image, and for a cascade stage the previous stage's
+    segmentation one-hot."""
+    data = np.asarray(open_case_arrays(preprocessed, case_id)[0][:])
+    if not config.previous_stage:
+        return data
+    if previous is None:
+        raise TrainingError(
+            f"{config.name} is a cascade stage after {config.previous_stage}: give its "
+            "cross-validation segmentations with --previous (see 'medseg previous-stage')"
+        )
+    seg = np.asarray(open_previous(previous, case_id)[:])
+    return np.concatenate([data, previous_stage_channels(seg, plans.labels.foreground)])
+
+
 def validate_fold(
     model_dir: Path,
     plans: Plans | Mapping,
@@ -68,13 +84,15 @@ def validate_fold(
     settings: ValidationSettings,
     *,
     dataset: Path | None = None,
+    previous: Path | None = None,
 ) -> dict:
     """Predict and score the validation cases of the fold; returns the metrics summary.
 
     The fold's ``validation/`` folder receives ``CASE.nii.gz`` (labels) and
     ``CASE.npz`` (probabilities) on each case's original grid, and ``metrics.json``
     (Dice per class, against ``dataset``'s labels when given, else the
-    preprocessed labels mapped back).
+    preprocessed labels mapped back). A cascade stage reads each case's previous-stage
+    segmentation from ``previous`` (its CV prediction, never the reference).
     """
     fold_dir, preprocessed, plans = FoldDir(Path(model_dir)), Path(preprocessed), Plans.of(plans)
     tensors, document = load_checkpoint(fold_dir.checkpoint(settings.checkpoint))
@@ -93,11 +111,11 @@ def validate_fold(
     per_case = {}
     for case_id in val_ids:
         record = read_case_record(preprocessed, case_id)
-        data, _ = open_case_arrays(preprocessed, case_id)
+        data = _input(preprocessed, case_id, config, plans, previous)
         with torch.no_grad():
             logits = predict_logits(
                 network,
-                np.asarray(data[:]),
+                data,
                 patch,
                 step=0.5,
                 mirror_axes=mirror,
