@@ -1,6 +1,7 @@
 # medseg: the two set-up commands (both create .venv and install everything first)
 #   make demo   generate the demo dataset and run the workflow on it
 #   make test   lint and run the test suite (what CI runs)
+#   make demo-cascade   the cascade demo (all four configurations, ~15 min on 2 cores)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -9,10 +10,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := demo_data/MedsegDemo
+CASCADE_DATA := demo_data/MedsegCascadeDemo
 # pip on machines with an extra local index prints one warning per package; hide those
 PIP_FILTER := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-fast lint venv clean tools
+.PHONY: demo demo-cascade test test-fast lint venv clean tools
 
 venv: $(STAMP)
 
@@ -31,6 +33,14 @@ $(DEMO_DATA)/dataset.json: datasets/demo.py | $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/dataset.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile pipelines/profiles/local \
 		--cores 2 --configfile pipelines/config/demo.yaml
+
+# the cascade demo: larger CT-like cases, all four configurations incl. 3d_cascade_fullres
+$(CASCADE_DATA)/dataset.json: datasets/cascade_demo.py datasets/demo.py | $(STAMP)
+	$(BIN)/python datasets/cascade_demo.py $(CASCADE_DATA) --force
+
+demo-cascade: $(STAMP) $(CASCADE_DATA)/dataset.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile pipelines/profiles/local \
+		--cores 2 --configfile pipelines/config/demo_cascade.yaml
 
 # dciodvfy (Debian's dicom3tools) validates the DICOM-SEG files in the tests
 tools:

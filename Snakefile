@@ -4,6 +4,7 @@
 #   snakemake --cores 2 --configfile pipelines/config/demo.yaml
 import json
 import os
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -22,13 +23,6 @@ if "dataset" not in config:
         "--configfile pipelines/config/hippocampus.yaml, or --config dataset=PATH"
     )
 validate(config, "pipelines/schemas/config.schema.yaml", set_default=True)
-if "3d_cascade_fullres" in config["configurations"]:
-    raise WorkflowError(
-        "configurations: medseg does not train 3d_cascade_fullres yet (it needs the "
-        "3d_lowres cross-validation predictions as extra input); remove it from "
-        "`configurations`. 3d_lowres trains, and medseg predicts with cascade models "
-        "trained by nnU-Net."
-    )
 
 DATASET = str(Path(config["dataset"]))
 R = Results(Path(config["output"]))  # every on-disk name of the results folder

@@ -50,9 +50,9 @@ def dicom_dir(shared_data: Path) -> Path:
     return _require(shared_data / "dicom")
 
 
-def load_demo_module():
-    """Import ``datasets/demo.py`` (a script folder, not a package)."""
-    spec = importlib.util.spec_from_file_location("medseg_demo", ROOT / "datasets" / "demo.py")
+def load_demo_module(script: str = "demo.py", name: str = "medseg_demo"):
+    """Import a generator from ``datasets/`` (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
@@ -62,6 +62,12 @@ def load_demo_module():
 @pytest.fixture(scope="session")
 def demo_module():
     return load_demo_module()
+
+
+@pytest.fixture(scope="session")
+def cascade_module():
+    """``datasets/cascade_demo.py``: large enough for nnU-Net's rules to plan the cascade."""
+    return load_demo_module("cascade_demo.py", "medseg_cascade_demo")
 
 
 @pytest.fixture(scope="session")

@@ -279,7 +279,7 @@ def test_summary_says_which_planned_configurations_were_trained(tmp_path):
         "3d_fullres": "2 of 2 folds",  # fold_7 is not one of this split's folds
         "2d": "0 of 2 folds",
         "3d_lowres": "1 of 2 folds",
-        "3d_cascade_fullres": "not trained (medseg does not train a cascade's second stage yet)",
+        "3d_cascade_fullres": "not trained",
     }
     (tmp_path / "models" / "2d" / "fold_0").rmdir()
     (tmp_path / "models" / "2d").rmdir()
@@ -342,11 +342,3 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     result = snakemake(tmp_path, "-n")
     assert result.returncode != 0
     assert "no dataset configured" in result.stdout + result.stderr
-
-
-def test_cascade_training_request_is_a_clear_error(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"dataset": "x", "configurations": ["3d_cascade_fullres"]}))
-    result = snakemake(tmp_path, "-n", "--configfile", str(config))
-    assert result.returncode != 0
-    assert "does not train 3d_cascade_fullres yet" in result.stdout + result.stderr

@@ -97,8 +97,6 @@ def trained_status(results: Path, plans: Plans | Mapping) -> dict[str, str]:
             done &= {fold_name(k) for k in range(n_folds)}
         if done or folder.is_dir():  # a fold started but none finished reads "0 of K folds"
             status[name] = f"{len(done)} of {n_folds} folds" if n_folds else f"{len(done)} fold(s)"
-        elif plans.configuration(name).previous_stage:
-            status[name] = "not trained (medseg does not train a cascade's second stage yet)"
         else:
             status[name] = "not trained"
     return status

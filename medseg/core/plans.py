@@ -253,8 +253,17 @@ class Plans:
 
     @property
     def trainable_configurations(self) -> tuple[str, ...]:
-        """Configurations medseg trains (a cascade's second stage not yet: issue 12)."""
-        return tuple(n for n in self.configurations if not self.configuration(n).previous_stage)
+        """Configurations medseg trains: all of them (a cascade stage after its previous)."""
+        return self.configurations
+
+    def data_configuration(self, name: str) -> str:
+        """The configuration whose preprocessed data ``name`` trains on (itself, or the
+        one it inherits from: 3d_cascade_fullres reads 3d_fullres's)."""
+        configs = self.raw["configurations"]
+        self.resolve(name)  # known, no cycle
+        while "inherits_from" in configs[name]:
+            name = configs[name]["inherits_from"]
+        return name
 
     def stages_record(self) -> dict:
         """What the workflow preprocesses and trains, as the record ``medseg plan`` writes
@@ -263,6 +272,12 @@ class Plans:
             {
                 "preprocess": list(self.preprocessed_configurations),
                 "train": list(self.trainable_configurations),
+                "data": {n: self.data_configuration(n) for n in self.trainable_configurations},
+                "previous": {
+                    n: self.configuration(n).previous_stage
+                    for n in self.trainable_configurations
+                    if self.configuration(n).previous_stage
+                },
             },
             STAGES_SCHEMA,
         )

@@ -4,18 +4,47 @@
 def planner_args(wildcards=None):
     p = config["planner"]
     args = [f"--gpu-memory {p['gpu_memory_gb']}", f"--base-features {p['base_features']}"]
-    if config["configurations"]:
-        args.append("--configurations " + " ".join(config["configurations"]))
+    names = list(config["configurations"])
+    if "3d_cascade_fullres" in names:  # its plan is built from these two
+        names += [n for n in ("3d_lowres", "3d_fullres") if n not in names]
+    if names:
+        args.append("--configurations " + " ".join(names))
     for name, patch in p["patch_size"].items():
         args.append(f"--patch-size {name}={'x'.join(str(int(s)) for s in patch)}")
     return " ".join(args)
 
 
+def planned_stages():
+    """What 'medseg plan' listed beside the plans (configurations.json): known only once
+    planning ran, hence the checkpoint."""
+    return json.loads(Path(checkpoints.plan.get().output.stages).read_text())
+
+
 def trainable_configurations(wildcards):
-    """The configurations medseg trains, as 'medseg plan' listed them beside the plans
-    (configurations.json): known only once planning ran, hence the checkpoint."""
-    stages = json.loads(Path(checkpoints.plan.get().output.stages).read_text())
-    return stages["train"]
+    """The configurations medseg trains (a cascade stage after its previous stage)."""
+    return planned_stages()["train"]
+
+
+def data_of(wildcards):
+    """The preprocessed folder a configuration trains on (3d_cascade_fullres: 3d_fullres's)."""
+    return R.preprocessed(planned_stages()["data"][wildcards.config])
+
+
+def previous_of(wildcards):
+    """A cascade stage's previous-stage segmentations (nothing for other configurations)."""
+    if wildcards.config not in planned_stages()["previous"]:
+        return []
+    return [R.previous_stage(wildcards.config).summary]
+
+
+def previous_arg(wildcards, input):
+    return f"--previous {shlex.quote(os.path.dirname(input.previous[0]))}" if input.previous else ""
+
+
+def previous_stage_folds(wildcards):
+    """Every fold validation of the previous stage of cascade stage `config`."""
+    previous = planned_stages()["previous"][wildcards.config]
+    return [R.fold(previous, fold).validation_metrics for fold in range(config["folds"])]
 
 
 def trained_folds(wildcards):

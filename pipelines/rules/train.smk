@@ -4,7 +4,8 @@
 
 rule train:
     input:
-        preprocessed=R.preprocessed("{config}"),
+        preprocessed=data_of,
+        previous=previous_of,
         plans=R.plans,
         splits=R.splits,
         dataset_json=f"{DATASET}/dataset.json",
@@ -14,6 +15,7 @@ rule train:
         folder=lambda wildcards, output: os.path.dirname(output.final),
         device=config["device"],
         t=config["training"],
+        previous=previous_arg,
     log:
         R.log("train_{config}_fold_{fold}"),
     benchmark:
@@ -31,13 +33,15 @@ rule train:
         "--device {params.device} --threads {threads} "
         "--epochs {params.t[epochs]} --iterations {params.t[iterations]} "
         "--val-iterations {params.t[val_iterations]} --seed {params.t[seed]} "
-        "--workers {params.t[workers]} --no-validation --resume > {log:q} 2>&1"
+        "--workers {params.t[workers]} --no-validation --resume {params.previous} "
+        "> {log:q} 2>&1"
 
 
 rule validate:
     input:
         final=R.fold("{config}", "{fold}").checkpoint(),
-        preprocessed=R.preprocessed("{config}"),
+        preprocessed=data_of,
+        previous=previous_of,
         plans=R.plans,
         splits=R.splits,
         dataset_json=f"{DATASET}/dataset.json",
@@ -48,6 +52,7 @@ rule validate:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset_json),
         device=config["device"],
         mirroring="" if config["training"]["mirroring"] else "--no-mirroring",
+        previous=previous_arg,
     log:
         R.log("validate_{config}_fold_{fold}"),
     benchmark:
@@ -62,7 +67,37 @@ rule validate:
     shell:
         "medseg validate {input.preprocessed:q} {input.plans:q} {input.splits:q} "
         "--fold {wildcards.fold} -o {params.folder:q} --dataset {params.dataset:q} "
-        "--device {params.device} --threads {threads} {params.mirroring} > {log:q} 2>&1"
+        "--device {params.device} --threads {threads} {params.mirroring} {params.previous} "
+        "> {log:q} 2>&1"
+
+
+rule previous_stage:
+    # a cascade stage's input: the previous stage's CV segmentations on its grid, once
+    input:
+        previous_stage_folds,
+        preprocessed=data_of,
+        plans=R.plans,
+        splits=R.splits,
+    output:
+        summary=R.previous_stage("{config}").summary,
+    params:
+        models=R.models,
+        previous=lambda wildcards: planned_stages()["previous"][wildcards.config],
+        folder=lambda wildcards, output: os.path.dirname(output.summary),
+    log:
+        R.log("previous_stage_{config}"),
+    benchmark:
+        R.benchmark("previous_stage_{config}")
+    conda:
+        MEDSEG_ENV
+    threads: 1
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+        runtime=60,
+    shell:
+        "medseg previous-stage {params.models:q}/{params.previous} {input.preprocessed:q} "
+        "{input.plans:q} {input.splits:q} --config {wildcards.config} "
+        "-o {params.folder:q} > {log:q} 2>&1"
 
 
 rule curves:

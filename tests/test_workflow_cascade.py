@@ -1,0 +1,116 @@
+"""The cascade end to end through the workflow: 3d_lowres -> previous stage ->
+3d_cascade_fullres, selection among all four configurations, a model that predicts
+NIfTI and DICOM (CI runs it at a tiny budget)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, run_medseg
+from dicom_tools import dciodvfy_errors, require_dciodvfy, write_ct_series
+from test_workflow import TINY, snakemake
+
+from medseg.core.layout import Results
+from medseg.evaluation.select import member_records
+from medseg.inference.bundle import export_model
+from medseg.io import read_dicom_series
+from medseg.io.dicom_seg_read import read_dicom_seg
+from medseg.io.volumes import read_volume
+
+pytestmark = pytest.mark.slow
+ALL = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+CONFIG = yaml.safe_load((ROOT / "pipelines/config/demo_cascade.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def cascade_run(cascade_module, tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf_cascade")
+    data = cascade_module.write_dataset(root / "Cascade", 6, 2, seed=0)
+    config = {
+        **TINY,
+        "configurations": [],
+        "planner": CONFIG["planner"],
+        "dataset": str(data),
+        "output": "out",
+        "test": {
+            "images": str(data / "imagesTs"),
+            "labels": str(data / "labelsTs"),
+            "formats": ["nifti"],
+            "mirroring": False,
+        },
+    }
+    path = root / "cascade.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(root, "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, Results(root / "out"), result
+
+
+def test_every_stage_of_the_cascade_runs(cascade_run):
+    root, r, result = cascade_run
+    assert set(json.loads(r.plans.read_text())["configurations"]) == set(ALL)
+    for name in ALL:
+        for fold in (0, 1):
+            metrics = json.loads(r.fold(name, fold).validation_metrics.read_text())
+            assert metrics["n_cases"] == 3, (name, fold)
+    previous = json.loads(r.previous_stage("3d_cascade_fullres").summary.read_text())
+    assert previous["previous_stage"] == "3d_lowres" and previous["cases"] == 6
+    selection = json.loads(r.selection.read_text())
+    assert set(ALL) <= set(selection["candidates"])
+    assert "3d_cascade_fullres" in {
+        m for c in selection["candidates"].values() for m in c["members"]
+    }
+    manifest = [json.loads(x) for x in r.predictions.manifest.read_text().splitlines()]
+    assert [x["status"] for x in manifest] == ["ok", "ok"]
+    for job in ("previous_stage_3d_cascade_fullres", "train_3d_cascade_fullres_fold_1"):
+        assert r.log(job).exists() and r.benchmark(job).exists()
+
+
+def test_a_cascade_model_predicts_nifti_and_dicom(cascade_run, tmp_path):
+    root, r, _ = cascade_run
+    plans = json.loads(r.plans.read_text())
+    members, checkpoints = member_records(plans, r.models, ["3d_cascade_fullres"])
+    assert members[0]["previous"] == {"configuration": "3d_lowres", "folds": [0, 1]}
+    model = export_model(tmp_path / "model", plans, members, checkpoints)
+    images = sorted((root / "Cascade" / "imagesTs").iterdir())
+    out = tmp_path / "nifti"
+    res = run_medseg("predict", "-m", model, "-i", images[0], "-o", out, "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    pred, src = nib.load(out / images[0].name), nib.load(images[0])
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+    require_dciodvfy()
+    series = write_ct_series(read_volume(images[0]), tmp_path / "series")  # the same scan
+    out = tmp_path / "dicom"
+    res = run_medseg("predict", "-m", model, "-i", series, "-o", out, "--device", "cpu")
+    assert res.returncode == 0, res.stdout + res.stderr
+    seg_path = next(out.glob("*.seg.dcm"))
+    assert dciodvfy_errors(seg_path) == []
+    volume, info = read_dicom_series(series)
+    label = nib.load(next(out.glob("*.nii.gz")))
+    assert label.shape == volume.spatial_shape and np.allclose(label.affine, volume.affine)
+    assert np.array_equal(read_dicom_seg(seg_path, info), np.asanyarray(label.dataobj))
+
+
+def test_an_ensemble_with_the_cascade_predicts_the_first_stage_once(
+    cascade_run, tmp_path, monkeypatch
+):
+    from medseg.inference import predict as predict_module
+    from medseg.inference.bundle import load_model
+
+    root, r, _ = cascade_run
+    plans = json.loads(r.plans.read_text())
+    members, checkpoints = member_records(plans, r.models, ["3d_lowres", "3d_cascade_fullres"])
+    model = export_model(tmp_path / "model", plans, members, checkpoints)
+    calls = []
+    original = predict_module.predict_logits
+    monkeypatch.setattr(
+        predict_module, "predict_logits", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    image = read_volume(sorted((root / "Cascade" / "imagesTs").iterdir())[0])
+    options = predict_module.PredictOptions(mirroring=False)
+    predict_module.predict_volume(load_model(model), image, options)
+    assert len(calls) == 4  # 2 folds of 3d_lowres once, 2 of the cascade: not 6
