@@ -5,6 +5,7 @@ NIfTI and DICOM (CI runs it at a tiny budget)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -114,3 +115,46 @@ def test_an_ensemble_with_the_cascade_predicts_the_first_stage_once(
     options = predict_module.PredictOptions(mirroring=False)
     predict_module.predict_volume(load_model(model), image, options)
     assert len(calls) == 4  # 2 folds of 3d_lowres once, 2 of the cascade: not 6
+
+
+def test_select_compares_the_candidates_nnunet_enumerates(cascade_run, monkeypatch):
+    """nnU-Net's own find_best_configuration, its I/O stubbed, enumerates the candidates
+    for the same trained configurations: every configuration and every pair."""
+    import nnunetv2.evaluation.find_best_configuration as fbc
+
+    _, r, _ = cascade_run
+    trained = {p.parent.parent.name for p in r.models.glob("*/fold_0/checkpoint_final.safetensors")}
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(folders, *args, **kwargs):
+        seen.append(frozenset(f.split("__")[-1] for f in folders))
+
+    stubs = {
+        "filter_available_models": lambda m, d: [x for x in m if x["configuration"] in trained],
+        "maybe_convert_to_dataset_name": lambda d: "Dataset999_Cascade",
+        "get_output_folder": lambda d, tr, pl, c, fold=None: f"/nowhere/{tr}__{pl}__{c}",
+        "accumulate_cv_results": lambda folder, *a, **k: record([folder]),
+        "ensemble_crossvalidations": lambda folders, *a, **k: record(folders),
+        "load_summary_json": lambda path: {"foreground_mean": {"Dice": 0.5}},
+        "load_json": lambda path: {"file_ending": ".nii.gz"},
+        "PlansManager": lambda path: SimpleNamespace(
+            get_label_manager=lambda d: SimpleNamespace(
+                has_regions=False, foreground_labels=[1, 2, 3], ignore_label=None
+            ),
+            image_reader_writer_class=lambda: None,
+        ),
+        "compute_metrics_on_folder": lambda *a, **k: None,
+        "determine_postprocessing": lambda *a, **k: (_ for _ in ()).throw(Stop()),
+        "nnUNet_results": "/nowhere",
+        "nnUNet_preprocessed": "/nowhere",
+    }
+    for name, stub in stubs.items():
+        monkeypatch.setattr(fbc, name, stub)
+    with pytest.raises(Stop):
+        fbc.find_best_configuration(999, folds=(0, 1))
+    selection = json.loads(r.selection.read_text())
+    ours = [frozenset(c["members"]) for c in selection["candidates"].values()]
+    assert len(seen) == 10 and sorted(map(sorted, seen)) == sorted(map(sorted, ours))
