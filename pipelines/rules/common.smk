@@ -17,7 +17,14 @@ def planner_args(wildcards=None):
 def planned_stages():
     """What 'medseg plan' listed beside the plans (configurations.json): known only once
     planning ran, hence the checkpoint."""
-    return json.loads(Path(checkpoints.plan.get().output.stages).read_text())
+    path = Path(checkpoints.plan.get().output.stages)
+    stages = json.loads(path.read_text())
+    if stages.get("schema_version") != 2:  # an older medseg's planning
+        raise WorkflowError(
+            f"{path} was written by an older medseg (it does not say which data and previous "
+            f"stage each configuration needs); delete it and {R.plans} to plan again"
+        )
+    return stages
 
 
 def trainable_configurations(wildcards):
