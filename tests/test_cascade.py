@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_medseg
 
-from medseg.core.errors import TrainingError
+from medseg.core.errors import RecordError, TrainingError
 from medseg.core.layout import FoldDir, PreviousStageDir
 from medseg.core.plans import Plans
 from medseg.dataset import load_dataset
@@ -173,6 +174,13 @@ def test_cascade_stage_trains_and_validates_on_cv_segmentations(
     settings = TrainSettings("3d_cascade_fullres", 0, **QUICK)
     with pytest.raises(TrainingError, match="--previous"):
         train(plans, splits, pre, tmp_path / "nope", settings)
+    partial = tmp_path / "partial"
+    shutil.copytree(previous, partial)
+    gone = splits["folds"][0]["val"][0]
+    PreviousStageDir(partial).seg(gone).unlink()
+    with pytest.raises(RecordError, match=f"1 case.*{gone}"):  # before any epoch
+        train(plans, splits, pre, tmp_path / "nope", settings, previous=partial)
+    assert not (tmp_path / "nope").exists()
     out = tmp_path / "fold_0"
     r = run_medseg(
         "train",

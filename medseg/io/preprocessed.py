@@ -99,6 +99,19 @@ def write_previous(folder: Path, case_id: str, seg: np.ndarray, patch_size: Sequ
     _write_array(seg, PreviousStageDir(folder).seg(case_id), patch_size)
 
 
+def require_previous(folder: Path, case_ids: Sequence[str]) -> None:
+    """Raise :class:`RecordError` unless ``folder`` holds every case's previous-stage
+    segmentation (checked before work starts, not hours into a training run)."""
+    store = PreviousStageDir(Path(folder))
+    missing = [c for c in case_ids if not store.seg(c).is_file()]
+    if missing:
+        raise RecordError(
+            f"{folder}: no previous-stage segmentation of {len(missing)} case(s) "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run 'medseg "
+            "previous-stage' after validating every fold of the previous stage"
+        )
+
+
 def open_previous(folder: Path, case_id: str):
     """The previous-stage segmentation of a case, lazily opened (index it to read)."""
     path = PreviousStageDir(Path(folder)).seg(case_id)

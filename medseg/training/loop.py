@@ -25,7 +25,7 @@ import torch
 from medseg.core.errors import TrainingError
 from medseg.core.layout import Checkpoint, FoldDir
 from medseg.core.plans import Configuration, Plans
-from medseg.io.preprocessed import case_ids
+from medseg.io.preprocessed import case_ids, require_previous
 from medseg.nets.checkpoint import (
     load_checkpoint,
     load_weights,
@@ -185,6 +185,8 @@ def _build_run(
     config = plans.configuration(s.configuration)
     cascade = _cascade(config, plans, previous)
     train_ids, val_ids = fold_cases(splits, s.fold, case_ids(folder))
+    if cascade:
+        require_previous(cascade["previous"], [*train_ids, *val_ids])
     n_classes = plans.labels.n_classes
     device = resolve_device(s.device)
     n_in = config.input_channels(plans.n_channels, plans.labels)

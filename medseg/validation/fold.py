@@ -29,7 +29,13 @@ from medseg.evaluation.metrics import dice_per_label
 from medseg.inference.predict import probabilities_on_original_grid
 from medseg.inference.sliding_window import predict_logits
 from medseg.io.atomic import write_text_atomic
-from medseg.io.preprocessed import case_ids, open_case_arrays, open_previous, read_case_record
+from medseg.io.preprocessed import (
+    case_ids,
+    open_case_arrays,
+    open_previous,
+    read_case_record,
+    require_previous,
+)
 from medseg.io.probabilities import save_probabilities
 from medseg.io.volumes import read_volume, write_volume
 from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
@@ -108,6 +114,8 @@ def validate_fold(
     mirror = config.mirror_axes if settings.mirroring else ()
     spec = load_dataset(dataset) if dataset is not None else None
     _, val_ids = fold_cases(splits, settings.fold, case_ids(preprocessed))
+    if config.previous_stage and previous is not None:
+        require_previous(previous, val_ids)
     per_case = {}
     for case_id in val_ids:
         record = read_case_record(preprocessed, case_id)
