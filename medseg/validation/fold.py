@@ -82,6 +82,19 @@ def _input(preprocessed: Path, case_id: str, config: Configuration, plans: Plans
     return np.concatenate([data, previous_stage_channels(seg, plans.labels.foreground)])
 
 
+def _trained_network(fold_dir: FoldDir, settings: ValidationSettings, plans: Plans):
+    """The fold's network in eval mode on its device, and the configuration as trained
+    (from the checkpoint, not as the plans say now)."""
+    tensors, document = load_checkpoint(fold_dir.checkpoint(settings.checkpoint))
+    state = document["state"]
+    config = Configuration(state["settings"]["configuration"], state["configuration"])
+    n_in = config.input_channels(plans.n_channels, plans.labels)
+    network = build_network(config.architecture, n_in, plans.labels.n_classes)
+    load_weights(network, model_weights(tensors))
+    device = resolve_device(settings.device)
+    return network.to(device).eval(), config, device
+
+
 def validate_fold(
     model_dir: Path,
     plans: Plans | Mapping,
@@ -101,21 +114,13 @@ def validate_fold(
     segmentation from ``previous`` (its CV prediction, never the reference).
     """
     fold_dir, preprocessed, plans = FoldDir(Path(model_dir)), Path(preprocessed), Plans.of(plans)
-    tensors, document = load_checkpoint(fold_dir.checkpoint(settings.checkpoint))
-    state = document["state"]  # the configuration as trained, not as the plans say now
-    config = Configuration(state["settings"]["configuration"], state["configuration"])
-    labels, names = plans.labels.foreground, plans.labels.names
-    n_in = config.input_channels(plans.n_channels, plans.labels)
-    network = build_network(config.architecture, n_in, plans.labels.n_classes)
-    load_weights(network, model_weights(tensors))
-    device = resolve_device(settings.device)
-    network.to(device).eval()
-    patch = config.patch_size
+    network, config, device = _trained_network(fold_dir, settings, plans)
     mirror = config.mirror_axes if settings.mirroring else ()
     spec = load_dataset(dataset) if dataset is not None else None
     _, val_ids = fold_cases(splits, settings.fold, case_ids(preprocessed))
     if config.previous_stage and previous is not None:
         require_previous(previous, val_ids)
+    labels, names = plans.labels.foreground, plans.labels.names
     per_case = {}
     for case_id in val_ids:
         record = read_case_record(preprocessed, case_id)
@@ -124,7 +129,7 @@ def validate_fold(
             logits = predict_logits(
                 network,
                 data,
-                patch,
+                config.patch_size,
                 step=0.5,
                 mirror_axes=mirror,
                 tile_batch=TILE_BATCH,
