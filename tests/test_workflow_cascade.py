@@ -5,6 +5,7 @@ NIfTI and DICOM (CI runs it at a tiny budget)."""
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -158,3 +159,60 @@ def test_select_compares_the_candidates_nnunet_enumerates(cascade_run, monkeypat
     selection = json.loads(r.selection.read_text())
     ours = [frozenset(c["members"]) for c in selection["candidates"].values()]
     assert len(seen) == 10 and sorted(map(sorted, seen)) == sorted(map(sorted, ours))
+
+
+def _as_nnunet_folder(r: Results, name: str, out) -> None:
+    """A medseg-trained configuration written as nnU-Net v2 writes a results folder."""
+    import torch
+
+    from medseg.core.plans import Plans
+    from medseg.nets.checkpoint import load_checkpoint, load_weights, model_weights
+    from medseg.nets.unet import build_network
+
+    out.mkdir(parents=True)
+    plans = json.loads(r.plans.read_text())
+    labels = {n: v for v, n in plans["labels"]}
+    channels = {str(i): c for i, c in enumerate(plans["channel_names"])}
+    (out / "plans.json").write_text(json.dumps(plans))
+    dataset = {"labels": labels, "channel_names": channels, "file_ending": ".nii.gz"}
+    (out / "dataset.json").write_text(json.dumps({**dataset, "numTraining": 6}))
+    typed = Plans.of(plans)
+    config = typed.configuration(name)
+    n_in = config.input_channels(typed.n_channels, typed.labels)
+    for fold in (0, 1):
+        tensors, _ = load_checkpoint(r.fold(name, fold).checkpoint())
+        network = build_network(config.architecture, n_in, typed.labels.n_classes)
+        load_weights(network, model_weights(tensors))  # nnU-Net saves every alias too
+        (out / f"fold_{fold}").mkdir()
+        checkpoint = {
+            "network_weights": network.state_dict(),
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        }
+        torch.save(checkpoint, out / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+def test_an_nnunet_cascade_folder_predicts_as_the_same_medseg_model(cascade_run, tmp_path):
+    """nnU-Net keeps a cascade's two stages in sibling results folders; medseg predict
+    reads the pair and gives the labels of the medseg model with the same weights."""
+    from medseg.inference.bundle import load_model
+    from medseg.inference.nnunet_model import load_nnunet_model
+    from medseg.inference.predict import PredictOptions, predict_volume
+
+    root, r, _ = cascade_run
+    results = tmp_path / "nnUNet_results" / "Dataset999_Cascade"
+    for name in ("3d_lowres", "3d_cascade_fullres"):
+        _as_nnunet_folder(r, name, results / f"nnUNetTrainer__nnUNetPlans__{name}")
+    cascade = results / "nnUNetTrainer__nnUNetPlans__3d_cascade_fullres"
+    theirs = load_nnunet_model(cascade)
+    assert theirs.members[0].previous.configuration == "3d_lowres"
+    plans = json.loads(r.plans.read_text())
+    members, checkpoints = member_records(plans, r.models, ["3d_cascade_fullres"])
+    ours = load_model(export_model(tmp_path / "model", plans, members, checkpoints))
+    scan = sorted((root / "Cascade" / "imagesTs").iterdir())[0]
+    image = read_volume(scan)
+    options = PredictOptions(mirroring=False, blend="float32")
+    expected = predict_volume(ours, image, options)[1].array
+    assert np.array_equal(predict_volume(theirs, image, options)[1].array, expected)
+    shutil.rmtree(results / "nnUNetTrainer__nnUNetPlans__3d_lowres")
+    res = run_medseg("predict", "-m", cascade, "-i", scan, "-o", tmp_path / "out")
+    assert res.returncode == 2 and "3d_lowres" in res.stderr and "Traceback" not in res.stderr

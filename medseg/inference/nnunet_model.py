@@ -50,7 +50,7 @@ def _checkpoint(fold_dir: Path) -> Path:
     raise ModelError(f"{fold_dir}: no {' or '.join(NnunetResultsDir.CHECKPOINTS)}")
 
 
-def _network(plans: dict, config: dict, path: Path, device, where: str):
+def _network(plans: Plans, config: Configuration, n_in: int, path: Path, device, where: str):
     """The fold network of ``path`` and the mirroring axes it was trained with; ``where``
     names the plans' architecture in errors."""
     from medseg.nets.checkpoint import load_torch_weights
@@ -63,9 +63,7 @@ def _network(plans: dict, config: dict, path: Path, device, where: str):
     if not isinstance(weights, dict):
         raise ModelError(f"{path}: no 'network_weights'; is this an nnU-Net v2 checkpoint?")
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
-    network = build_checked_network(
-        config.architecture, plans.n_channels, plans.labels.n_classes, where
-    )
+    network = build_checked_network(config.architecture, n_in, plans.labels.n_classes, where)
     try:
         network.load_state_dict(weights)
     except RuntimeError as e:  # torch lists each mismatch on its own line
@@ -92,12 +90,10 @@ def _checked_plans(root: Path) -> tuple[Plans, str, Configuration]:
     return plans, configuration, config
 
 
-def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> ModelBundle:
-    """A bundle for an nnU-Net v2 results folder (one configuration, its folds)."""
-    root = Path(root)
+def _load_member(root: Path, device, folds: list | None) -> tuple[Plans, Member]:
+    """The member of one nnU-Net results folder; a cascade stage with its previous stage,
+    read from the sibling folder nnU-Net keeps it in (``Trainer__Plans__3d_lowres``)."""
     plans, configuration, config = _checked_plans(root)
-    if config.previous_stage:
-        raise ModelError(f"{root}: nnU-Net cascade models are not supported yet")
     available = NnunetResultsDir(root).folds()
     use = [str(f) for f in folds] if folds else available
     missing = sorted(set(use) - set(available))
@@ -110,11 +106,30 @@ def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> Mo
         mirror_axes=config.mirror_axes,
     )
     where = f"{NnunetResultsDir(root).plans_json}: configurations.{configuration}.architecture"
+    n_in = config.input_channels(plans.n_channels, plans.labels)
     for fold in use:
         path = _checkpoint(NnunetResultsDir(root).fold(fold))
-        network, axes = _network(plans, config, path, device, where)
+        network, axes = _network(plans, config, n_in, path, device, where)
         member.networks.append(network)
         if axes is not None:
             member.mirror_axes = axes
-    meta = {"source": "nnunetv2", "folder": str(root), "configuration": configuration}
+    if config.previous_stage:
+        sibling = root.with_name(f"{root.name.rsplit('__', 1)[0]}__{config.previous_stage}")
+        if not sibling.is_dir():
+            raise ModelError(
+                f"{root}: a cascade stage after {config.previous_stage}, whose results folder "
+                f"{sibling.name} should be beside it; copy both stages' folders together"
+            )
+        prev_folds = NnunetResultsDir(sibling).folds()
+        same = folds and all(str(f) in prev_folds for f in folds)
+        member.previous = _load_member(sibling, device, folds if same else None)[1]
+    return plans, member
+
+
+def load_nnunet_model(root: Path, device="cpu", folds: list | None = None) -> ModelBundle:
+    """A bundle for an nnU-Net v2 results folder (one configuration, its folds; a
+    cascade stage with its previous stage's folder beside it)."""
+    root = Path(root)
+    plans, member = _load_member(root, device, folds)
+    meta = {"source": "nnunetv2", "folder": str(root), "configuration": member.configuration}
     return ModelBundle(root, plans, [member], None, meta)
