@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
-from medseg.cli.validate import add_validation_options, fold_arg, validate
+from medseg.cli.validate import add_validation_options, fold_arg, read_fold_inputs, validate
 
 HELP = "train one planned configuration on one cross-validation fold"
 EPILOG = """\
@@ -64,22 +64,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.io.guard import refuse_overlap
-
-    inputs = [args.preprocessed, args.plans, args.splits, args.dataset, args.previous]
-    refuse_overlap(inputs, args.output)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    plans, splits = read_fold_inputs(args)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from medseg.core.plans import read_plans
-    from medseg.core.records import SPLITS_SCHEMA, read_record
     from medseg.training.loop import TrainSettings, train
 
-    plans = read_plans(args.plans)
-    splits = read_record(args.splits, SPLITS_SCHEMA)
     settings = TrainSettings(
         configuration=args.config,
         fold=args.fold,

@@ -110,7 +110,9 @@ def validate(
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def read_fold_inputs(args: argparse.Namespace) -> tuple[Plans, dict]:
+    """What 'medseg train' and 'medseg validate' share before work: the output must not
+    touch an input, torch's threads, the plans and the splits read and checked."""
     from medseg.core.plans import read_plans
     from medseg.core.records import SPLITS_SCHEMA, read_record
     from medseg.io.guard import refuse_overlap
@@ -121,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    plans = read_plans(args.plans)
-    splits = read_record(args.splits, SPLITS_SCHEMA)
+    return read_plans(args.plans), read_record(args.splits, SPLITS_SCHEMA)
+
+
+def run(args: argparse.Namespace) -> int:
+    plans, splits = read_fold_inputs(args)
     return validate(args, plans, splits, args.checkpoint)
