@@ -29,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import shutil
@@ -196,28 +195,8 @@ def write_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="folder to create")
-    parser.add_argument("--train", type=int, default=20, help="training cases (default 20)")
-    parser.add_argument("--test", type=int, default=4, help="test cases (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    parser.add_argument(
-        "--layout",
-        choices=("msd", "nnunet"),
-        default="msd",
-        help="msd (default) or nnunet (nnU-Net v2 raw layout)",
-    )
-    args = parser.parse_args(argv)
-    if args.force and args.out.exists():
-        shutil.rmtree(args.out)
-    try:
-        write_dataset(args.out, args.train, args.test, args.seed, layout=args.layout)
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.train} training and {args.test} test cases to {args.out}")
-    return 0
+    args = demo.base_parser(__doc__.split("\n\n")[0], 20).parse_args(argv)
+    return demo.run_generator(args, write_dataset)
 
 
 if __name__ == "__main__":

@@ -242,10 +242,13 @@ def write_dataset(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def base_parser(description: str, n_train: int) -> argparse.ArgumentParser:
+    """The arguments every demo generator takes (this one and ``cascade_demo.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path, help="folder to create")
-    parser.add_argument("--train", type=int, default=12, help="training cases (default 12)")
+    parser.add_argument(
+        "--train", type=int, default=n_train, help=f"training cases (default {n_train})"
+    )
     parser.add_argument("--test", type=int, default=4, help="test cases (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -255,6 +258,24 @@ def main(argv: list[str] | None = None) -> int:
         default="msd",
         help="msd (default) or nnunet (nnU-Net v2 raw, one file per channel)",
     )
+    return parser
+
+
+def run_generator(args: argparse.Namespace, write, **options) -> int:
+    """Write the dataset ``args`` ask for with ``write`` (``--force`` replaces OUT)."""
+    if args.force and args.out.exists():
+        shutil.rmtree(args.out)
+    try:
+        write(args.out, args.train, args.test, args.seed, layout=args.layout, **options)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.train} training and {args.test} test cases to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.split("\n\n")[0], 12)
     parser.add_argument(
         "--channels",
         type=int,
@@ -264,17 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.channels < 1:
         parser.error("--channels must be at least 1")
-    if args.force and args.out.exists():
-        shutil.rmtree(args.out)
-    try:
-        write_dataset(
-            args.out, args.train, args.test, args.seed, layout=args.layout, channels=args.channels
-        )
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.train} training and {args.test} test cases to {args.out}")
-    return 0
+    return run_generator(args, write_dataset, channels=args.channels)
 
 
 if __name__ == "__main__":
