@@ -146,9 +146,10 @@ def predict_volume(
     """
     enforce(channel_findings(image.n_channels, bundle.channel_names))
     probs, memo = None, {}
-    # cascade stages first: their previous stage, when also a member, is then reused
+    # cascade stages first: their previous stage, when also a member, is then reused (the
+    # array summed into in place below is always the first member's own, never a reused one)
     for member in sorted(bundle.members, key=lambda m: m.previous is None):
-        p = predict_member(member, image, bundle, options, progress, memo).array.copy()
+        p = predict_member(member, image, bundle, options, progress, memo).array
         probs = p if probs is None else probs + p
     if len(bundle.members) > 1:
         probs /= len(bundle.members)  # in place: probs is the sum just made
