@@ -73,11 +73,6 @@ def _input(preprocessed: Path, case_id: str, config: Configuration, plans: Plans
     data = np.asarray(open_case_arrays(preprocessed, case_id)[0][:])
     if not config.previous_stage:
         return data
-    if previous is None:
-        raise TrainingError(
-            f"{config.name} is a cascade stage after {config.previous_stage}: give its "
-            "cross-validation segmentations with --previous (see 'medseg previous-stage')"
-        )
     seg = np.asarray(open_previous(previous, case_id)[:])
     return np.concatenate([data, previous_stage_channels(seg, plans.labels.foreground)])
 
@@ -118,7 +113,12 @@ def validate_fold(
     mirror = config.mirror_axes if settings.mirroring else ()
     spec = load_dataset(dataset) if dataset is not None else None
     _, val_ids = fold_cases(splits, settings.fold, case_ids(preprocessed))
-    if config.previous_stage and previous is not None:
+    if config.previous_stage:
+        if previous is None:
+            raise TrainingError(
+                f"{config.name} is a cascade stage after {config.previous_stage}: give its "
+                "cross-validation segmentations with --previous (see 'medseg previous-stage')"
+            )
         require_previous(previous, val_ids)
     labels, names = plans.labels.foreground, plans.labels.names
     per_case = {}
