@@ -251,11 +251,6 @@ class Plans:
         configs = self.raw["configurations"]
         return tuple(n for n in self.configurations if "inherits_from" not in configs[n])
 
-    @property
-    def trainable_configurations(self) -> tuple[str, ...]:
-        """Configurations medseg trains: all of them (a cascade stage after its previous)."""
-        return self.configurations
-
     def data_configuration(self, name: str) -> str:
         """The configuration whose preprocessed data ``name`` trains on (itself, or the
         one it inherits from: 3d_cascade_fullres reads 3d_fullres's)."""
@@ -271,11 +266,12 @@ class Plans:
         return stamp(
             {
                 "preprocess": list(self.preprocessed_configurations),
-                "train": list(self.trainable_configurations),
-                "data": {n: self.data_configuration(n) for n in self.trainable_configurations},
+                # every configuration trains (a cascade stage after its previous stage)
+                "train": list(self.configurations),
+                "data": {n: self.data_configuration(n) for n in self.configurations},
                 "previous": {
                     n: self.configuration(n).previous_stage
-                    for n in self.trainable_configurations
+                    for n in self.configurations
                     if self.configuration(n).previous_stage
                 },
             },
