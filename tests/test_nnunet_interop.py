@@ -174,9 +174,14 @@ def _nnunet_probabilities(path: Path) -> np.ndarray:
         return npz["probabilities"].astype(np.float32).transpose(0, 3, 2, 1)
 
 
+def _medseg_probabilities_and_affine(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from medseg.io.probabilities import load_probabilities
+
+    return load_probabilities(Path(path))
+
+
 def _medseg_probabilities(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
-        return npz["probabilities"].astype(np.float32)
+    return _medseg_probabilities_and_affine(path)[0]
 
 
 def _interior(shape: tuple[int, ...]) -> np.ndarray:
@@ -246,9 +251,9 @@ def test_label_maps_have_the_input_geometry(interop) -> None:
         np.testing.assert_allclose(affine, source.affine, atol=1e-6, err_msg=str(image))
         nnunet_affine = _labels(interop["work"] / "stock" / outputs["nifti"].name)[1]
         np.testing.assert_allclose(affine, nnunet_affine, atol=1e-4, err_msg=str(image))
-        with np.load(outputs["probabilities"], allow_pickle=False) as npz:
-            assert npz["probabilities"].shape[1:] == source.shape, image
-            np.testing.assert_allclose(npz["affine"], source.affine, atol=1e-6)
+        probabilities, affine = _medseg_probabilities_and_affine(outputs["probabilities"])
+        assert probabilities.shape[1:] == source.shape, image
+        np.testing.assert_allclose(affine, source.affine, atol=1e-6)
 
 
 def test_dicom_series_predicted(interop) -> None:

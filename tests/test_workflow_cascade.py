@@ -211,8 +211,8 @@ def test_an_nnunet_cascade_folder_predicts_as_the_same_medseg_model(cascade_run,
     scan = sorted((root / "Cascade" / "imagesTs").iterdir())[0]
     image = read_volume(scan)
     options = PredictOptions(mirroring=False, blend="float32")
-    expected = predict_volume(ours, image, options)[1].array
-    assert np.array_equal(predict_volume(theirs, image, options)[1].array, expected)
+    expected = predict_volume(ours, image, options).array
+    assert np.array_equal(predict_volume(theirs, image, options).array, expected)
     shutil.rmtree(results / "nnUNetTrainer__nnUNetPlans__3d_lowres")
     res = run_medseg("predict", "-m", cascade, "-i", scan, "-o", tmp_path / "out")
     assert res.returncode == 2 and "3d_lowres" in res.stderr and "Traceback" not in res.stderr

@@ -120,7 +120,7 @@ class PredictionDir:
         return Path(self.root) / f"{case_id}.seg.dcm"
 
     def probabilities(self, case_id: str) -> Path:
-        return Path(self.root) / f"{case_id}_probabilities.npz"
+        return Path(self.root) / f"{case_id}_probabilities.b2nd"
 
     @property
     def summary(self) -> Path:

@@ -178,7 +178,9 @@ def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, pr
     for warning in enforce(findings, where):
         log.warning("%s: %s", case.case_id, warning.message)
     notes["read"], t = time.perf_counter() - t, time.perf_counter()
-    probs, label = predict_volume(bundle, image, options, progress)
+    label = predict_volume(
+        bundle, image, options, progress, probabilities=paths.get(OutputFormat.PROBABILITIES)
+    )
     notes["predict"], t = time.perf_counter() - t, time.perf_counter()
     if OutputFormat.NIFTI in paths:
         write_volume(label, paths[OutputFormat.NIFTI])
@@ -186,10 +188,6 @@ def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, pr
         from medseg.io.dicom_seg import write_dicom_seg
 
         write_dicom_seg(label.array, series, bundle.label_names, paths[OutputFormat.DICOM_SEG])
-    if OutputFormat.PROBABILITIES in paths:
-        from medseg.io.probabilities import save_probabilities
-
-        save_probabilities(paths[OutputFormat.PROBABILITIES], probs.array, probs.affine)
     notes["write"] = time.perf_counter() - t
 
 

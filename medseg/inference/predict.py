@@ -1,11 +1,11 @@
 """Predict one volume with a model bundle: folds, configurations, cascade, postprocessing.
 
 Within a configuration the folds' logits are averaged on the preprocessed grid
-(nnU-Net's order), resampled back to the input's grid, then turned into
-probabilities; configurations of an ensemble are averaged as probabilities on
-the input's grid. A cascade member first predicts its previous stage and feeds
-that segmentation, one-hot, as extra input channels. The result has exactly the
-input's shape and affine.
+(nnU-Net's order); the way back to the input's grid (resampling, probabilities,
+ensemble average, argmax) is done slab by slab in bounded memory by
+:mod:`medseg.inference.reconstruct`. A cascade member first predicts its previous
+stage and feeds that segmentation, one-hot, as extra input channels. The result has
+exactly the input's shape and affine.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from medseg.core.options import Blend, parse
 from medseg.core.volume import Kind, Volume
 from medseg.inference.bundle import Member, ModelBundle
 from medseg.inference.gate import channel_findings, enforce
+from medseg.inference.reconstruct import DEFAULT_SLAB_BYTES, MemberLogits, reconstruct
 from medseg.inference.sliding_window import predict_logits
 from medseg.preprocessing.pipeline import (
     label_to_preprocessed,
@@ -47,6 +49,8 @@ class PredictOptions:
     #: "auto": nnU-Net's float16 blending for nnU-Net models (their labels, exactly),
     #: exact float32 blending for medseg models; or "float32" / "nnunet" for all.
     blend: Blend = Blend.AUTO
+    #: Memory for one slab of class values on the way back to the input's grid.
+    slab_bytes: int = DEFAULT_SLAB_BYTES
 
 
 def _input_with_previous(
@@ -59,7 +63,7 @@ def _input_with_previous(
         return data, record
     previous = predict_member(member.previous, image, bundle, options, progress, memo)
     memo[(member.previous.configuration, tuple(member.previous.folds))] = previous
-    prev_label = Volume.label(previous.array.argmax(0).astype(np.uint8), previous.affine)
+    prev_label = reconstruct([previous], slab_bytes=options.slab_bytes)
     seg = label_to_preprocessed(prev_label, record, bundle.plans.reorients)
     return np.concatenate(
         [data, previous_stage_channels(seg, bundle.plans.labels.foreground)]
@@ -73,8 +77,9 @@ def predict_member(
     options: PredictOptions = PredictOptions(),
     progress: Callable[[int, int], None] | None = None,
     memo: dict | None = None,
-) -> Volume:
-    """Class probabilities ``(K, X, Y, Z)`` of one configuration, on the input's grid.
+) -> MemberLogits:
+    """One configuration's logits on its preprocessed grid (folds averaged), with the
+    case record that maps them back to ``image``'s grid.
 
     ``memo`` keeps the previous stages predicted for this image (by configuration and
     folds): a cascade's first stage that is also an ensemble member runs once.
@@ -86,7 +91,7 @@ def predict_member(
     return _predict_member(member, image, bundle, options, progress, memo)
 
 
-def _predict_member(member: Member, image: Volume, bundle, options, progress, memo) -> Volume:
+def _predict_member(member: Member, image: Volume, bundle, options, progress, memo):
     data, record = _input_with_previous(member, image, bundle, options, progress, memo)
     mirror = member.mirror_axes if options.mirroring else ()
     blend = resolve_blend(options.blend, bundle)
@@ -106,9 +111,7 @@ def _predict_member(member: Member, image: Volume, bundle, options, progress, me
         )
         logits = out if logits is None else logits + out
     logits = logits / len(member.networks)
-    return probabilities_on_original_grid(
-        logits.float().numpy(), record, half=logits.dtype == torch.float16
-    )
+    return MemberLogits(logits.float().numpy(), record, half=logits.dtype == torch.float16)
 
 
 def resolve_blend(blend: Blend | str, bundle: ModelBundle) -> Blend:
@@ -139,25 +142,21 @@ def predict_volume(
     image: Volume,
     options: PredictOptions = PredictOptions(),
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Volume, Volume]:
-    """Probabilities ``(K, X, Y, Z)`` and the postprocessed label map ``(X, Y, Z)``.
-
-    Both have ``image``'s exact shape and affine.
+    probabilities: Path | None = None,
+) -> Volume:
+    """The postprocessed label map ``(X, Y, Z)`` of ``image``, with its exact shape and
+    affine; with ``probabilities``, the class probabilities ``(K, X, Y, Z)`` are written
+    there too (float16 ``.b2nd``, slab by slab).
     """
     enforce(channel_findings(image.n_channels, bundle.channel_names))
-    probs, memo = None, {}
-    # cascade stages first: their previous stage, when also a member, is then reused (the
-    # array summed into in place below is always the first member's own, never a reused one)
-    for member in sorted(bundle.members, key=lambda m: m.previous is None):
-        p = predict_member(member, image, bundle, options, progress, memo).array
-        probs = p if probs is None else probs + p
-    if len(bundle.members) > 1:
-        probs /= len(bundle.members)  # in place: probs is the sum just made
-    label = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+    memo: dict = {}
+    # cascade stages first: their previous stage, when also a member, is then reused
+    ordered = sorted(bundle.members, key=lambda m: m.previous is None)
+    logits = {id(m): predict_member(m, image, bundle, options, progress, memo) for m in ordered}
+    members = [logits[id(m)] for m in bundle.members]  # the bundle's order, as before
+    label = reconstruct(members, slab_bytes=options.slab_bytes, probabilities=probabilities)
     if bundle.postprocessing:
         from medseg.evaluation.postprocessing import apply_postprocessing
 
-        label = apply_postprocessing(label, bundle.postprocessing)
-    return Volume(probs.astype(np.float32, copy=False), image.affine, Kind.IMAGE), Volume.label(
-        label, image.affine
-    )
+        label = Volume.label(apply_postprocessing(label.array, bundle.postprocessing), label.affine)
+    return label
