@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
+from medseg.core.errors import UsageError
 from medseg.core.layout import PredictionDir
 from medseg.core.options import Blend, Engine, OutputFormat, values
 
@@ -35,10 +36,19 @@ channel file must hold one channel on channel 0's voxel grid, or the case fails.
 Every scan passes a sanity gate first. Refused, with the reason: NaN/Inf voxels,
 no intensity variation (blank), a 2D image or single slice, the wrong number of
 channels, a DICOM modality the model was not trained on, a NIfTI header whose
-sform and qform disagree or whose voxel size is not positive, a volume too
-large for the free memory. Warned (recorded, the case is still predicted): a
-voxel size more than 3x from the model's training median on some axis, a NIfTI
-header without orientation. A case that fails is recorded in
+sform and qform disagree or whose voxel size is not positive. Warned (recorded,
+the case is still predicted): a voxel size more than 3x from the model's
+training median on some axis, a NIfTI header without orientation.
+
+Memory: before each case its peak memory is estimated from its size, the model
+and the classes; the settings (tiles per network call, slab size of the way
+back to the scan's grid) are chosen to stay under --max-memory, and a case that
+cannot is refused with the estimate (recorded in the manifest as "memory"). The
+class maps are brought back to the scan's grid slab by slab, so even a
+512 x 512 x 1000 CT with many classes needs memory for its voxels, not voxels x
+classes. While a case is predicted the next is read and the previous written.
+
+A case that fails is recorded in
 OUTDIR/manifest.jsonl with the reason (and the gate's findings) and the batch
 goes on; the exit code is 1 if any case failed. --skip-existing makes an
 interrupted batch resumable.
@@ -95,6 +105,14 @@ def add_parser(sub) -> None:
         "the CPU cores (default: 1, which is fastest on a few cores)",
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        metavar="GB",
+        help="bound on the peak memory of each case (all workers together): tile batch and "
+        "slab size are chosen to fit, and a case that cannot fit is refused with its "
+        "estimate (default: 80%% of the machine's memory, or what is free if less)",
+    )
     p.add_argument(
         "--engine-cache",
         type=Path,
@@ -159,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
     return _predict(args, bundle, device, engine, (cases, unusable))
 
 
+def _memory_budget(gigabytes: float | None) -> int:
+    """``--max-memory`` in bytes (its default when not given)."""
+    from medseg.inference.memory import default_budget
+
+    if gigabytes is None:
+        return default_budget()
+    if gigabytes <= 0:
+        raise UsageError(f"--max-memory must be a positive number of GB, got {gigabytes}")
+    return int(gigabytes * 1e9)
+
+
 def _predict(args, bundle, device, engine: str, inputs) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -179,6 +208,7 @@ def _predict(args, bundle, device, engine: str, inputs) -> int:
         tile_batch=args.tile_batch,
         device=str(device),
         blend=Blend(args.blend),
+        max_memory=_memory_budget(args.max_memory) // max(1, args.workers),
     )
     formats = tuple(OutputFormat(f) for f in args.formats)
     settings = BatchSettings(

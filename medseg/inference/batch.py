@@ -13,6 +13,17 @@ and run: input (the volume file, channel 0's file, or the DICOM folder), inputs
 error, findings (the gate's refusals and warnings), seconds per stage. An
 existing file in OUTDIR that medseg did not write is never overwritten: that case
 fails instead.
+
+With one worker (the default) the cases go through a pipeline
+(:mod:`medseg.inference.prefetch`): the next case is read and gated in a reader
+thread and the previous one's outputs written in a writer thread while a case is
+predicted. Its queues are bounded, one case read ahead and one being written, and
+their memory counts against the machine: at the peak one image and one label map
+more than one case at a time. ``--max-memory`` plans each prediction from the
+memory the process holds as it starts, which counts the case being written but not
+all of the one still being read: leave room for one more image. The manifest gets
+the same records in the same order, each stage timed in the thread that did it.
+With ``workers > 1`` worker processes take whole cases instead.
 """
 
 from __future__ import annotations
@@ -20,17 +31,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medseg.core.crash import internal_error_message, write_crash_report
-from medseg.core.errors import MedsegError
 from medseg.core.layout import PredictionDir
 from medseg.core.options import OutputFormat
 from medseg.inference.inputs import CaseInput, outputs_for
+from medseg.inference.prefetch import CaseJob, case_stages, run_pipelined
 
 log = logging.getLogger(__name__)
 
@@ -87,110 +96,6 @@ def _ledger(out: Path, paths: dict[str, Path], sign: str) -> None:
         os.fsync(ledger.fileno())
 
 
-def _read_channels(case: CaseInput):
-    """The channel files of ``case`` stacked in channel order, and their header findings.
-
-    Every file must hold one channel on channel 0's voxel grid (shape, spacing,
-    direction, origin); the stack has channel 0's affine, so the outputs get its geometry.
-    """
-    import numpy as np
-
-    from medseg.core.errors import InputRefusedError
-    from medseg.core.volume import Kind, Volume
-    from medseg.geometry.affine import grid_mismatch
-    from medseg.io.volumes import header_findings, read_volume
-
-    first, volumes, header = case.channel_files[0], [], []
-    for path in case.channel_files:
-        volume = read_volume(path)
-        header += header_findings(path)
-        if volume.n_channels != 1:
-            raise InputRefusedError(
-                f"{path}: holds {volume.n_channels} channels, but a channel file (named "
-                "<case>_<4 digits>) holds one. Split it into one file per channel, or name it "
-                "without the channel number if it is the whole case"
-            )
-        if volumes:
-            ref = volumes[0]
-            diff = (
-                f"shape {ref.spatial_shape} vs {volume.spatial_shape}"
-                if volume.spatial_shape != ref.spatial_shape
-                else grid_mismatch(ref.affine, volume.affine, ref.spatial_shape)
-            )
-            if diff:
-                raise InputRefusedError(
-                    f"{path}: voxel grid differs from channel 0's ({first.name} vs this file: "
-                    f"{diff}); every channel file of a case must share one grid. Resample it "
-                    "onto channel 0's grid (or re-export the case)"
-                )
-        volumes.append(volume)
-    array = np.concatenate([v.array for v in volumes])
-    return Volume(array, volumes[0].affine, Kind.IMAGE), header
-
-
-def _read_scan(case: CaseInput):
-    """The case's image, its DICOM series (or None) and its files' header findings."""
-    if case.is_dicom:
-        from medseg.io.dicom_series import read_dicom_series
-
-        image, series = read_dicom_series(case.path, case.series_uid)
-        return image, series, []
-    if len(case.channel_files) > 1:
-        image, header = _read_channels(case)
-        return image, None, header
-    from medseg.io.volumes import header_findings, read_volume
-
-    return read_volume(case.path), None, header_findings(case.path)
-
-
-def _named(findings: list, case: CaseInput) -> list:
-    """For a case of several channel files: each finding's message begins with the file it
-    is about (``channel 1 holds NaN ...`` -> ``.../X_0001.nii.gz (channel 1) holds ...``),
-    the others with channel 0's file (the grid every channel shares)."""
-    from medseg.core.sanity import Finding
-
-    files = [str(p) for p in case.channel_files]
-    named = []
-    for f in findings:
-        message = f.message
-        for c, path in enumerate(files):
-            if message.startswith(f"channel {c} "):
-                message = f"{path} (channel {c}) {message[len(f'channel {c} ') :]}"
-        if not any(message.startswith(path) for path in files):
-            message = f"{files[0]}: {message}"
-        named.append(Finding(f.code, message, f.refuse))
-    return named
-
-
-def _predict_case(bundle, case: CaseInput, paths: dict, options, notes: dict, progress):
-    from medseg.inference.gate import ModelFacts, enforce, scan_findings
-    from medseg.inference.predict import predict_volume
-    from medseg.io.volumes import write_volume
-
-    t = time.perf_counter()
-    image, series, header = _read_scan(case)
-    modality = series.modality if series else None
-    findings = scan_findings(image, ModelFacts.of(bundle), header=header, modality=modality)
-    where = str(case.path)
-    if len(case.channel_files) > 1:  # each message names its own file already
-        findings, where = _named(findings, case), ""
-    notes["findings"] = [f.to_dict() for f in findings]
-    for warning in enforce(findings, where):
-        log.warning("%s: %s", case.case_id, warning.message)
-    notes["read"], t = time.perf_counter() - t, time.perf_counter()
-    label = predict_volume(
-        bundle, image, options, progress, probabilities=paths.get(OutputFormat.PROBABILITIES)
-    )
-    notes["predict"], t = time.perf_counter() - t, time.perf_counter()
-    if OutputFormat.NIFTI in paths:
-        write_volume(label, paths[OutputFormat.NIFTI])
-    if OutputFormat.DICOM_SEG in paths:
-        from medseg.io.dicom_seg import write_dicom_seg
-
-        write_dicom_seg(label.array, series, bundle.label_names, paths[OutputFormat.DICOM_SEG])
-    notes["write"] = time.perf_counter() - t
-
-
 def _foreign(paths: dict[str, Path], owned: frozenset[str]) -> str | None:
     """Why ``paths`` may not be written: an existing file medseg did not write."""
     taken = [p for p in paths.values() if p.exists() and str(p.resolve()) not in owned]
@@ -202,17 +107,9 @@ def _foreign(paths: dict[str, Path], owned: frozenset[str]) -> str | None:
     )
 
 
-def _case_record(
-    bundle,
-    case: CaseInput,
-    out: Path,
-    options,
-    settings,
-    run_id,
-    progress,
-    owned: frozenset[str] = frozenset(),
-):
-    """Predict (or skip) one case and describe what happened, for the manifest."""
+def _start(case: CaseInput, out: Path, settings, run_id, owned: frozenset[str]) -> CaseJob:
+    """The case's record so far: decided already (skipped, or failed before anything is
+    read), or to run, its outputs then claimed in the ledger."""
     paths = outputs_for(case, out, settings.formats)
     record = {
         "run": run_id,
@@ -222,7 +119,6 @@ def _case_record(
         "series_uid": case.series_uid,
         "outputs": {k: str(v.resolve()) for k, v in paths.items()},
     }
-    notes: dict = {}
     foreign = _foreign(paths, owned)
     if case.problem:  # known before reading (a missing channel file): nothing is read
         log.warning("%s failed: %s", case.case_id, case.problem)
@@ -233,12 +129,30 @@ def _case_record(
         record.update(status="skipped", error=None)
     else:
         _ledger(out, paths, "+")  # before writing: a killed run's files stay medseg's
-        record.update(_attempt(bundle, case, paths, options, notes, progress))
-        if record["status"] == "failed":  # its files are gone: the names are free again
-            _ledger(out, paths, "-")
-    record["findings"] = notes.pop("findings", [])
-    record["seconds"] = {k: round(v, 3) for k, v in notes.items()}
+        return CaseJob(case, paths, record, claimed=True)
+    return CaseJob(case, paths, record)
+
+
+def _finish(out: Path, job: CaseJob) -> dict:
+    """The case's manifest record, once its last stage is done."""
+    record = job.record
+    if job.pending:
+        record.update(status="ok", error=None)
+    elif record["status"] == "failed" and job.claimed:
+        _ledger(out, job.paths, "-")  # its files are gone: the names are free again
+    record["findings"] = job.notes.pop("findings", [])
+    record["seconds"] = {k: round(v, 3) for k, v in job.notes.items()}
+    job.image = job.series = job.label = None
     return record
+
+
+def _case_record(bundle, case, out, options, settings, run_id, progress, owned=frozenset()):
+    """Predict (or skip) one case, stage after stage, and describe what happened."""
+    job = _start(case, out, settings, run_id, owned)
+    stages = case_stages(bundle, options, progress)
+    if job.pending and stages.read(job) and stages.predict(job):
+        stages.write(job)
+    return _finish(out, job)
 
 
 @dataclass(frozen=True)
@@ -272,13 +186,8 @@ def _worker_case(args) -> dict:
     return _case_record(_worker["bundle"], case, out, options, settings, run_id, None, owned)
 
 
-def _records(bundle, cases, out, options, settings, run_id, progress, model):
-    """Records of ``cases`` as they finish: in this process, or in worker processes."""
-    owned = owned_outputs(out)
-    if settings.workers <= 1 or len(cases) <= 1 or model is None:
-        for case in cases:
-            yield _case_record(bundle, case, out, options, settings, run_id, progress, owned)
-        return
+def _pool_records(cases, out, options, settings, run_id, model, owned):
+    """Records of ``cases`` as they finish in ``settings.workers`` worker processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -312,7 +221,9 @@ def run_batch(
 
     ``unusable`` are inputs :func:`~medseg.inference.inputs.discover_inputs` could not
     use; they are recorded as failed so the manifest accounts for every input given.
-    ``model`` lets worker processes load the model themselves when ``settings.workers > 1``.
+    ``model`` lets worker processes load the model themselves when ``settings.workers > 1``;
+    otherwise cases go through this process's pipeline (:mod:`medseg.inference.prefetch`):
+    the next case is read and the previous one written while one is predicted.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,11 +245,21 @@ def run_batch(
             }
             _append(manifest, record)
             result.records.append(record)
-        for record in _records(bundle, cases, out, options, settings, run_id, progress, model):
+
+        def emit(record: dict) -> None:
             _append(manifest, record)
             result.records.append(record)
             if on_case:
                 on_case(record)
+
+        owned = owned_outputs(out)
+        if settings.workers > 1 and len(cases) > 1 and model is not None:
+            for record in _pool_records(cases, out, options, settings, run_id, model, owned):
+                emit(record)
+        else:
+            jobs = (_start(case, out, settings, run_id, owned) for case in cases)
+            stages = case_stages(bundle, options, progress)
+            run_pipelined(jobs, stages, lambda job: emit(_finish(out, job)))
     return result
 
 
@@ -347,21 +268,3 @@ def _append(manifest, record: dict) -> None:
     manifest.write(json.dumps(record) + "\n")
     manifest.flush()
     os.fsync(manifest.fileno())
-
-
-def _attempt(bundle, case, paths, options, notes, progress) -> dict:
-    try:
-        _predict_case(bundle, case, paths, options, notes, progress)
-        return {"status": "ok", "error": None}
-    except MedsegError as e:
-        message = str(e)
-    except OSError as e:  # e.g. the output disk is full: this case fails, the batch goes on
-        message = f"{e.filename or case.path}: {e.strerror or e}"
-    except MemoryError:
-        message = "too large for memory while predicting; use a machine with more memory"
-    except Exception as e:  # a bug: the batch goes on, the traceback goes to a crash file
-        message = internal_error_message(e, write_crash_report(e, "medseg predict (one case)"))
-    for p in paths.values():  # nothing half-made stays: outputs are atomic, drop finished ones
-        p.unlink(missing_ok=True)
-    log.warning("%s failed: %s", case.case_id, message)
-    return {"status": "failed", "error": message}

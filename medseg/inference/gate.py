@@ -12,7 +12,8 @@ Refused (the case fails with the reason; a batch goes on):
   sform and qform disagreeing, a non-positive voxel size);
 * a channel count other than the model's;
 * a DICOM modality the model was clearly not trained on (a CT model given MR);
-* a volume too large for the free memory.
+* (when predicted) a volume whose estimated peak memory exceeds ``--max-memory``
+  with every setting (:mod:`medseg.inference.memory`).
 
 Recorded as warnings beside the result: a voxel size far (more than
 :data:`SPACING_FACTOR` times) from the model's training median on some axis, and
@@ -21,7 +22,6 @@ header warnings such as a missing orientation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +30,6 @@ from medseg.core.plans import Plans
 from medseg.core.sanity import Finding, image_findings, refusals, warnings_of
 from medseg.core.volume import Volume
 from medseg.preprocessing.grid import processing_spacing
-from medseg.preprocessing.pipeline import target_spacing
 
 #: Spacing this many times coarser or finer than the training median gets a warning.
 SPACING_FACTOR = 3.0
@@ -119,36 +118,6 @@ class ModelFacts:
         return cls(bundle.plans, tuple(bundle.channel_names), len(bundle.labels), tuple(names))
 
 
-def resampled_voxels(image: Volume, facts: ModelFacts) -> int:
-    """Voxels of ``image`` on the finest grid any of the model's configurations resamples to."""
-    spacing = processing_spacing(image.affine, facts.plans.reorients)
-    spacing = [spacing[a] for a in facts.plans.transpose_forward]
-    most = math.prod(image.spatial_shape)
-    for name in facts.configurations:
-        target = target_spacing(facts.plans.configuration(name), tuple(spacing))
-        scale = math.prod(s / t for s, t in zip(spacing, target, strict=True))
-        most = max(most, math.ceil(math.prod(image.spatial_shape) * scale))
-    return most
-
-
-def memory_findings(voxels: int, n_channels: int, n_classes: int, free: int) -> list[Finding]:
-    """A prediction over ``voxels`` (the larger of the original and resampled grids) that
-    cannot fit in ``free`` bytes of memory."""
-    need = voxels * 4 * (3 * n_channels + 4 * n_classes)  # float32: input, logits, probabilities
-    if need <= free:
-        return []
-    return [
-        Finding(
-            "memory",
-            (
-                f"too large for memory: predicting needs about {need / 1e9:.1f} GB ({voxels} "
-                f"voxels after resampling), {free / 1e9:.1f} GB are free; use a machine with more "
-                "memory"
-            ),
-        )
-    ]
-
-
 def _trained_on_slices(plans: Plans) -> bool:
     """Whether the model was trained on single-slice images (then one slice is fine)."""
     return 1 in (plans.median_shape or ())
@@ -160,13 +129,13 @@ def scan_findings(
     *,
     header: Sequence[Finding] = (),
     modality: str | None = None,
-    free_memory: int | None = None,
 ) -> list[Finding]:
     """Everything wrong or doubtful about ``image`` as an input to the model of ``facts``.
 
     ``header`` are the input file's header findings; ``modality`` the DICOM
-    modality (None for files); ``free_memory`` in bytes (default: what is
-    available now).
+    modality (None for files). Whether the case fits in memory is decided by the
+    memory plan when it is predicted (:mod:`medseg.inference.memory`, ``--max-memory``),
+    which knows the settings.
     """
     found = list(header)
     found += [
@@ -177,14 +146,8 @@ def scan_findings(
     found += channel_findings(image.n_channels, facts.channel_names)
     found += modality_findings(modality, facts.channel_names)
     if refusals(found):
-        return found  # no spacing or size facts about an image that cannot be used
+        return found  # no spacing facts about an image that cannot be used
     found += spacing_findings(image, facts.plans)
-    if free_memory is None:
-        import psutil
-
-        free_memory = psutil.virtual_memory().available
-    voxels = resampled_voxels(image, facts)
-    found += memory_findings(voxels, image.n_channels, facts.n_classes, free_memory)
     return found
 
 

@@ -22,6 +22,7 @@ from medseg.core.options import Blend, parse
 from medseg.core.volume import Kind, Volume
 from medseg.inference.bundle import Member, ModelBundle
 from medseg.inference.gate import channel_findings, enforce
+from medseg.inference.memory import current_rss, plan_memory, with_plan
 from medseg.inference.reconstruct import DEFAULT_SLAB_BYTES, MemberLogits, reconstruct
 from medseg.inference.sliding_window import predict_logits
 from medseg.preprocessing.pipeline import (
@@ -51,6 +52,12 @@ class PredictOptions:
     blend: Blend = Blend.AUTO
     #: Memory for one slab of class values on the way back to the input's grid.
     slab_bytes: int = DEFAULT_SLAB_BYTES
+    #: Bound on the process's peak memory (bytes): settings are chosen to fit it and a
+    #: case that cannot fit is refused (:mod:`medseg.inference.memory`); None: no bound.
+    max_memory: int | None = None
+    #: Memory the caller needs beside this case meanwhile (bytes; a batch reads the
+    #: next case and writes the previous one during a prediction).
+    reserve_bytes: int = 0
 
 
 def _input_with_previous(
@@ -108,10 +115,14 @@ def _predict_member(member: Member, image: Volume, bundle, options, progress, me
             amp=options.amp,
             progress=progress,
             blend=blend,
+            keep_on_device=True,  # on a GPU: resampled and argmaxed there, slab by slab
         )
         logits = out if logits is None else logits + out
     logits = logits / len(member.networks)
-    return MemberLogits(logits.float().numpy(), record, half=logits.dtype == torch.float16)
+    half = logits.dtype == torch.float16
+    if logits.device.type == "cpu":
+        return MemberLogits(logits.float().numpy(), record, half=half)
+    return MemberLogits(logits, record, half=half)
 
 
 def resolve_blend(blend: Blend | str, bundle: ModelBundle) -> Blend:
@@ -143,12 +154,22 @@ def predict_volume(
     options: PredictOptions = PredictOptions(),
     progress: Callable[[int, int], None] | None = None,
     probabilities: Path | None = None,
+    report: dict | None = None,
 ) -> Volume:
     """The postprocessed label map ``(X, Y, Z)`` of ``image``, with its exact shape and
     affine; with ``probabilities``, the class probabilities ``(K, X, Y, Z)`` are written
     there too (float16 ``.b2nd``, slab by slab).
+
+    Tile batch and slab size are chosen to fit ``options.max_memory`` (the case is
+    refused with :class:`~medseg.core.errors.InputRefusedError` if nothing fits);
+    ``report`` (a dict) receives the memory plan under ``"memory"``.
     """
     enforce(channel_findings(image.n_channels, bundle.channel_names))
+    baseline = current_rss() + options.reserve_bytes
+    plan = plan_memory(image, bundle, options.tile_batch, options.max_memory, baseline)
+    options = with_plan(options, plan)
+    if report is not None:
+        report["memory"] = plan.to_dict()
     memo: dict = {}
     # cascade stages first: their previous stage, when also a member, is then reused
     ordered = sorted(bundle.members, key=lambda m: m.previous is None)

@@ -97,27 +97,32 @@ def _grid(members: Sequence[MemberLogits]) -> _Grid:
     return _Grid(*grids.pop())
 
 
-def _softmax(values: np.ndarray) -> np.ndarray:
-    """Softmax over axis 0, in place, per voxel (the same values for any slab)."""
+def _softmax(values):
+    """Softmax over axis 0 per voxel (the same values for any slab): numpy in place, or
+    torch on the values' device."""
+    if not isinstance(values, np.ndarray):
+        import torch
+
+        return torch.softmax(values, dim=0)
     values -= values.max(axis=0, keepdims=True)
     np.exp(values, out=values)
     values /= values.sum(axis=0, keepdims=True)
     return values
 
 
-def _member_slab(member: MemberLogits, axis: int, start: int, stop: int) -> np.ndarray:
-    """``member``'s logits resampled onto the cropped original grid, slab ``[start, stop)``."""
+def _member_slab(member: MemberLogits, axis: int, start: int, stop: int):
+    """``member``'s logits resampled onto the cropped original grid, slab ``[start, stop)``:
+    numpy (bit-identical to the whole volume) or, for logits held as a torch tensor (on
+    the GPU), torch on their device (equal to float32 rounding)."""
     entry = _steps(member.record)["resample"]
-    values = resample_slab(
-        member.logits,
-        entry["shape_before"],
-        entry["spacing_after"],
-        entry["spacing_before"],
-        axis,
-        start,
-        stop,
-    )
-    return values.astype(np.float16).astype(np.float32) if member.half else values
+    args = (entry["shape_before"], entry["spacing_after"], entry["spacing_before"], axis)
+    if isinstance(member.logits, np.ndarray):
+        values = resample_slab(member.logits, *args, start, stop)
+        return values.astype(np.float16).astype(np.float32) if member.half else values
+    from medseg.inference.resample_torch import resample_slab as resample_on_device
+
+    values = resample_on_device(member.logits, *args, start, stop)
+    return values.half().float() if member.half else values
 
 
 def _scores(members: Sequence[MemberLogits], axis: int, start: int, stop: int, probs: bool):
@@ -128,10 +133,26 @@ def _scores(members: Sequence[MemberLogits], axis: int, start: int, stop: int, p
     total = None
     for member in members:  # summed in member order, then divided, as before
         p = _softmax(_member_slab(member, axis, start, stop))
-        total = p if total is None else np.add(total, p, out=total)
+        total = p if total is None else total + p
     if len(members) > 1:
         total /= len(members)
     return total
+
+
+def _labels_and_values(scores) -> tuple[np.ndarray, object]:
+    """The argmax over classes (ties: the lowest class) as a host array, and the scores;
+    from a device tensor only the labels travel (uint8), the values stay there."""
+    if isinstance(scores, np.ndarray):
+        return np.argmax(scores, axis=0), scores
+    import torch
+
+    dtype = torch.uint8 if scores.shape[0] < 256 else torch.int16
+    return scores.max(dim=0).indices.to(dtype).cpu().numpy(), scores
+
+
+def _host(values) -> np.ndarray:
+    """``values`` as a host numpy array."""
+    return values if isinstance(values, np.ndarray) else values.float().cpu().numpy()
 
 
 def slab_thickness(
@@ -172,10 +193,10 @@ def _block(members, grid: _Grid, axis: int, t0: int, t1: int, n_classes: int, pr
         return label, block
     inner = [slice(b0, b1) for b0, b1 in grid.box]
     inner[axis] = slice(g0 + lo - t0, g1 + lo - t0)
-    scores = _scores(members, axis, g0, g1, probs)
-    label[tuple(inner)] = np.argmax(scores, axis=0)
+    labels, scores = _labels_and_values(_scores(members, axis, g0, g1, probs))
+    label[tuple(inner)] = labels
     if probs:
-        block[(slice(None), *inner)] = scores
+        block[(slice(None), *inner)] = _host(scores)
     return label, block
 
 
@@ -192,7 +213,7 @@ def reconstruct(
     :class:`Volume` with the original shape and affine.
     """
     grid = _grid(members)
-    n_classes = members[0].logits.shape[0]
+    n_classes = int(members[0].logits.shape[0])
     first = _steps(members[0].record)["resample"]
     axis = slab_axis(first["spacing_after"], first["spacing_before"])
     plane = int(np.prod(grid.full)) // grid.full[axis]
@@ -216,7 +237,7 @@ def _with_probabilities(members, grid: _Grid, axis, ranges, label, path: Path, t
     """:func:`reconstruct`'s loop when probabilities are written too."""
     from medseg.io.probabilities import probability_writer
 
-    n_classes = members[0].logits.shape[0]
+    n_classes = int(members[0].logits.shape[0])
     original, _ = grid.original_axis(axis)
     shape = grid.orientation.original_shape
     chunks = [1, *shape]

@@ -181,6 +181,7 @@ def predict_logits(
     amp_dtype: torch.dtype = torch.float16,
     progress: Progress | None = None,
     blend: str = "float32",
+    keep_on_device: bool = False,
 ) -> torch.Tensor:
     """Sliding-window logits of a whole preprocessed case (nnU-Net v2's predictor).
 
@@ -213,11 +214,15 @@ def predict_logits(
     blend : str
         ``"float32"`` (exact) or ``"nnunet"`` (float16 accumulation as nnU-Net v2; see
         :func:`blend_weights`).
+    keep_on_device : bool
+        Return the logits where they were accumulated (the GPU, unless it ran out of
+        memory) instead of on the CPU, for resampling and argmax there.
 
     Returns
     -------
     torch.Tensor
-        ``(K, *spatial)`` on the CPU: the Gaussian-weighted mean of the tile logits,
+        ``(K, *spatial)`` on the CPU (or see ``keep_on_device``): the Gaussian-weighted
+        mean of the tile logits,
         padding cropped off, same spatial shape as ``image``; float32, or float16 with
         ``blend="nnunet"``.
     """
@@ -243,7 +248,8 @@ def predict_logits(
             logits = _accumulate_with_fallback(network, padded, tiles, run)
     finally:
         network.train(was_training)
-    return logits[(slice(None), *crop)].to("cpu").contiguous()
+    logits = logits[(slice(None), *crop)]
+    return logits.contiguous() if keep_on_device else logits.to("cpu").contiguous()
 
 
 def predict_probabilities(
