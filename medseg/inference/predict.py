@@ -58,6 +58,9 @@ class PredictOptions:
     #: Memory the caller needs beside this case meanwhile (bytes; a batch reads the
     #: next case and writes the previous one during a prediction).
     reserve_bytes: int = 0
+    #: Resample the class logits back with scipy in float64, bit-identical to nnU-Net's
+    #: export (slower); otherwise torch on the logits' device (equal to float32 rounding).
+    exact_resampling: bool = False
 
 
 def _input_with_previous(
@@ -120,9 +123,10 @@ def _predict_member(member: Member, image: Volume, bundle, options, progress, me
         logits = out if logits is None else logits + out
     logits = logits / len(member.networks)
     half = logits.dtype == torch.float16
-    if logits.device.type == "cpu":
-        return MemberLogits(logits.float().numpy(), record, half=half)
-    return MemberLogits(logits, record, half=half)
+    if options.exact_resampling:  # scipy, bit-identical to nnU-Net's export function
+        return MemberLogits(logits.float().cpu().numpy(), record, half=half)
+    # torch, where the logits are (the GPU, or the CPU: 2.5x faster than scipy there)
+    return MemberLogits(logits if logits.is_cuda else logits.float(), record, half=half)
 
 
 def resolve_blend(blend: Blend | str, bundle: ModelBundle) -> Blend:

@@ -4,10 +4,15 @@ nnU-Net (and medseg before) resampled all K class logits to the whole original g
 in float32, then took softmax and argmax: K full-size float32 volumes at once, tens
 of gigabytes for a hospital CT with many classes. Here the original grid is cut
 into slabs along one axis (the separate low-resolution axis if any); for each slab
-every member's logits are resampled (:func:`~medseg.inference.slab_resample.resample_slab`,
-bit-identical to the whole-volume resampling), turned into labels, and, when asked,
+every member's logits are resampled, turned into labels, and, when asked,
 into probabilities written to a chunked file. Peak memory is the uint8 label volume
 plus one slab of K classes: it grows with voxels, not voxels x classes.
+
+Resampling: logits held as a numpy array go through
+:func:`~medseg.inference.slab_resample.resample_slab` (scipy, bit-identical to
+nnU-Net's whole-volume export resampling); logits held as a torch tensor through
+:func:`~medseg.inference.resample_torch.resample_slab` on their device (the GPU, or the
+CPU where it is 2.5x faster than scipy), equal to float32 rounding.
 
 Labels: one member (one configuration; its folds were averaged on the preprocessed
 grid) takes the argmax of its resampled logits (softmax does not change it);
@@ -36,9 +41,10 @@ DEFAULT_SLAB_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class MemberLogits:
-    """One configuration's averaged logits ``(K, ...)`` float32 on its preprocessed grid,
-    the case record that maps them back, and whether they were blended in float16
-    (nnU-Net's blending: resampled values are rounded to float16, as nnU-Net's are)."""
+    """One configuration's averaged logits ``(K, ...)`` on its preprocessed grid (a float32
+    numpy array, or a torch tensor on its device; see the module docstring), the case
+    record that maps them back, and whether they were blended in float16 (nnU-Net's
+    blending: resampled values are rounded to float16, as nnU-Net's are)."""
 
     logits: np.ndarray
     record: dict
