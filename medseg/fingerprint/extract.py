@@ -24,7 +24,8 @@ from medseg.core.volume import Volume
 from medseg.dataset.check import CheckSettings, inspect_case
 from medseg.dataset.layout import Case, DatasetSpec
 from medseg.geometry.affine import orientation_code
-from medseg.preprocessing.crop import bounding_box, box_slices, nonzero_mask
+from medseg.prepare.schedule import largest_first
+from medseg.preprocessing.crop import box_slices, mask_and_box
 from medseg.preprocessing.grid import to_processing
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,14 @@ def analyze_case(
     """Facts of one case and ``(C, n_samples)`` float32 foreground intensity samples."""
     data, spacing, _ = to_processing(image)
     seg, _, _ = to_processing(label)
-    box = bounding_box(nonzero_mask(data))
+    box = mask_and_box(data)[1]
     sl = box_slices(box)
-    data = data[(slice(None),) + sl].astype(np.float32, copy=False)
     fg = seg[sl] > 0
     n_fg = int(np.count_nonzero(fg))
     samples = np.zeros((data.shape[0], n_samples if n_fg else 0), np.float32)
     stats = []
     for c in range(data.shape[0]):
-        values = data[c][fg]
+        values = data[c][sl][fg].astype(np.float32, copy=False)  # converts the samples only
         stats.append(intensity_stats(values))
         if n_fg:
             samples[c] = rng.choice(values, n_samples, replace=True)
@@ -143,19 +143,22 @@ def extract_fingerprint(
     """Fingerprint every training case of ``spec``, ``processes`` at a time."""
     cases = spec.training
     n_samples = max(1, settings.total_samples // max(1, len(cases)))
-    jobs = [_Job(spec, c, i, n_samples, settings) for i, c in enumerate(cases)]
+    jobs = [_Job(spec, cases[i], i, n_samples, settings) for i in largest_first(cases)]
+    results: list = [None] * len(cases)
+    for job, result in zip(jobs, parallel_map(_run_job, jobs, processes), strict=True):
+        results[job.index] = result  # back in dataset order
+        if on_case_done:
+            on_case_done(job.case.case_id)
     facts: list[CaseFacts] = []
     samples: list[np.ndarray] = []
     excluded: list[dict] = []
-    for job, (f, s, bad) in zip(jobs, parallel_map(_run_job, jobs, processes), strict=True):
+    for f, s, bad in results:
         if bad is not None:
             log.warning("excluded %s: %s", bad["case_id"], "; ".join(bad["problems"]))
             excluded.append(bad)
         else:
             facts.append(f)
             samples.append(s)
-        if on_case_done:
-            on_case_done(job.case.case_id)
     if not facts:
         raise DatasetError(
             f"{spec.root}: no valid training case left to fingerprint; fix the cases "

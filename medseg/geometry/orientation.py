@@ -88,16 +88,11 @@ def canonical_ornt(affine: np.ndarray) -> np.ndarray:
     return ornt
 
 
-def to_canonical(volume: Volume) -> tuple[Volume, OrientationRecord]:
-    """Reorient ``volume`` to the closest canonical RAS orientation.
-
-    Only permutes and flips the spatial axes (the last three); no interpolation,
-    values and dtype unchanged. Returns the new volume and the record to undo it.
-    """
-    ornt = canonical_ornt(volume.affine)
-    axes = [0, 0, 0]
-    flips = [False, False, False]
-    for src, (dst, sign) in enumerate(ornt):
+def canonical_view(volume: Volume) -> tuple[np.ndarray, OrientationRecord]:
+    """:func:`to_canonical`'s array as a view of ``volume.array`` (axes permuted and
+    flipped, no copy), and the record that undoes it."""
+    axes, flips = [0, 0, 0], [False, False, False]
+    for src, (dst, sign) in enumerate(canonical_ornt(volume.affine)):
         axes[int(dst)] = src
         flips[int(dst)] = bool(sign < 0)
     record = OrientationRecord(
@@ -106,14 +101,22 @@ def to_canonical(volume: Volume) -> tuple[Volume, OrientationRecord]:
         original_shape=volume.spatial_shape,
         original_affine=tuple(tuple(float(v) for v in r) for r in volume.affine),
     )
-    if record.is_identity:
-        return volume, record
     lead = volume.array.ndim - 3
     arr = np.transpose(volume.array, list(range(lead)) + [lead + a for a in axes])
     flip_axes = tuple(lead + i for i, f in enumerate(flips) if f)
-    if flip_axes:
-        arr = np.flip(arr, axis=flip_axes)
-    affine = volume.affine @ inv_ornt_aff(ornt, volume.spatial_shape)
+    return (np.flip(arr, axis=flip_axes) if flip_axes else arr), record
+
+
+def to_canonical(volume: Volume) -> tuple[Volume, OrientationRecord]:
+    """Reorient ``volume`` to the closest canonical RAS orientation.
+
+    Only permutes and flips the spatial axes (the last three); no interpolation,
+    values and dtype unchanged. Returns the new volume and the record to undo it.
+    """
+    arr, record = canonical_view(volume)
+    if record.is_identity:
+        return volume, record
+    affine = volume.affine @ inv_ornt_aff(canonical_ornt(volume.affine), volume.spatial_shape)
     return Volume(np.ascontiguousarray(arr), affine, volume.kind), record
 
 

@@ -17,6 +17,7 @@ from medseg.dataset.check import read_case
 from medseg.dataset.layout import Case, DatasetSpec
 from medseg.io.atomic import atomic_dir, write_text_atomic
 from medseg.io.preprocessed import write_case
+from medseg.prepare.schedule import largest_first
 from medseg.preprocessing.locations import sample_class_locations
 from medseg.preprocessing.pipeline import preprocess_case
 
@@ -66,8 +67,9 @@ def preprocess_dataset(
     plans.configuration(configuration)  # fail early on an unknown name
     start = time.perf_counter()
     with atomic_dir(out, "preprocessed folder", recognize=PREPROCESS_SUMMARY) as tmp:
+        cases = spec.training
         jobs = [
-            _Job(spec, c, i, plans, configuration, tmp, seed) for i, c in enumerate(spec.training)
+            _Job(spec, cases[i], i, plans, configuration, tmp, seed) for i in largest_first(cases)
         ]
         for case_id in parallel_map(_run, jobs, processes):
             if on_case_done:

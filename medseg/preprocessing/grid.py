@@ -15,9 +15,9 @@ from medseg.core.volume import Kind, Volume
 from medseg.geometry.orientation import (
     OrientationRecord,
     canonical_ornt,
+    canonical_view,
     from_canonical,
     identity_record,
-    to_canonical,
 )
 
 
@@ -31,10 +31,16 @@ def to_processing(
     volume: Volume, reorient: bool = True
 ) -> tuple[np.ndarray, tuple[float, ...], OrientationRecord]:
     """The array on the processing grid (``(C, S, A, R)`` or ``(S, A, R)``), its spacing
-    in mm in that order, and the orientation record that undoes it."""
-    canonical, record = to_canonical(volume) if reorient else (volume, identity_record(volume))
-    spacing = tuple(float(s) for s in reversed(canonical.spacing))
-    return reverse_spatial(canonical.array), spacing, record
+    in mm in that order, and the orientation record that undoes it.
+
+    The array is a view of ``volume.array`` (axes permuted and reversed, no copy):
+    a NIfTI file's array as read (Fortran order) is then C-ordered on this grid.
+    """
+    if reorient:
+        array, record = canonical_view(volume)
+    else:
+        array, record = volume.array, identity_record(volume)
+    return reverse_spatial(array), processing_spacing(volume.affine, reorient), record
 
 
 def processing_spacing(affine: np.ndarray, reorient: bool = True) -> tuple[float, ...]:

@@ -73,6 +73,9 @@ def preprocess_case(
     shape_before = [int(s) for s in data.shape[1:]]
     data, seg, box = crop_to_nonzero(data, seg)
     steps.append({"step": "crop", "box": [list(b) for b in box], "shape_before": shape_before})
+    # one fresh C-ordered float32 copy (the image read stays untouched: normalisation
+    # works in place); the views above cost nothing
+    data = np.array(data, dtype=np.float32, order="C")
     data = normalize(
         data,
         config.normalization_schemes,
@@ -86,7 +89,7 @@ def preprocess_case(
     new_shape = [int(s) for s in compute_new_shape(cropped, spacing, target)]
     data = resample_image(data, new_shape, spacing, target)
     seg = resample_label(seg, new_shape, spacing, target)
-    seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8)
+    seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8, copy=False)
     steps.append(
         {
             "step": "resample",
@@ -96,18 +99,20 @@ def preprocess_case(
             "shape_after": new_shape,
         }
     )
-    classes = plans.labels.foreground
-    record = {
+    head = {"case_id": case_id, "configuration": configuration, "has_label": label is not None}
+    return data, seg, _record(head, seg, plans.labels.foreground, steps)
+
+
+def _record(head: dict, seg: np.ndarray, classes, steps: list) -> dict:
+    """The case record (see the module docstring) around ``head`` and ``steps``."""
+    return {
         "schema": CASE_SCHEMA[0],
         "schema_version": CASE_SCHEMA[1],
-        "case_id": case_id,
-        "configuration": configuration,
-        "has_label": label is not None,
+        **head,
         "class_voxels": {str(c): int(np.count_nonzero(seg == c)) for c in classes},
-        "shape": new_shape,
+        "shape": list(seg.shape),
         "steps": steps,
     }
-    return data, seg, record
 
 
 def step(record: dict, name: str) -> dict:

@@ -29,13 +29,13 @@ The rules
   ``order_z > 0`` each label's indicator is interpolated and written where it
   exceeds 0.5, in ascending label order, over a zero-initialized result.
 
-Differences from nnU-Net that do not change values (the tests check bit-identity
-on float32 data): images are processed in float32 whenever that is exact (float32
-or narrower input with ``order_z == 0``; scipy interpolates in float64 internally
-either way); along the low-resolution axis with ``order_z == 0`` the source slice
-indices are computed once and gathered with ``np.take`` instead of interpolating a
-full 3D coordinate grid; and label slices whose in-plane shape does not change are
-not resized (that resize is the identity).
+Differences from nnU-Net that do not change values (the tests check bit-identity):
+spline orders 1 and 3 are computed by :mod:`.zoom` (separable sums, exact float32
+result) and label resizing at order 1 by :mod:`.label_zoom` (the argmax rule only
+where a voxel's interpolation corners disagree); images are processed in float32
+whenever that is exact; along the low-resolution axis with ``order_z == 0`` the
+source slices are gathered with ``np.take``; label slices whose in-plane shape does
+not change are not resized (that resize is the identity).
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ from scipy.ndimage import map_coordinates
 from skimage.transform import resize
 
 from medseg.core.errors import GeometryError
+from medseg.preprocessing.label_zoom import resize_label
+from medseg.preprocessing.zoom import resize_exact
 
 #: Spacing ratio (coarsest / finest) above which a low-resolution axis is separated.
 ANISO_THRESHOLD = 3.0
+#: Spline orders computed by the exact fast paths (:mod:`.zoom`, :mod:`.label_zoom`).
+FAST_ORDERS = (1, 3)
 
 
 def compute_new_shape(
@@ -177,19 +181,35 @@ def _interp_along_axis(arr: np.ndarray, axis: int, n_out: int, order: int) -> np
     return map_coordinates(arr, coords, order=order, mode="nearest")
 
 
+def _inplane(channel: np.ndarray, axis: int, plane_shape: tuple, order: int, dtype) -> np.ndarray:
+    """Each slice across ``axis`` resized to ``plane_shape``; the slices stay along ``axis``."""
+    if order in FAST_ORDERS and dtype == np.float32:
+        stack = np.moveaxis(channel, axis, 0)
+        out = resize_exact(stack, (stack.shape[0], *plane_shape), order, stack=True)
+        return np.moveaxis(out, 0, axis)
+    inplane_shape = list(plane_shape)
+    inplane_shape.insert(axis, channel.shape[axis])
+    inplane = np.empty(inplane_shape, dtype=dtype)
+    for i in range(channel.shape[axis]):
+        inplane[_slab(axis, i)] = _resize(channel[_slab(axis, i)], plane_shape, order)
+    return inplane
+
+
 def _image_channel(
     channel: np.ndarray, out: np.ndarray, axis: int | None, order: int, order_z: int
 ) -> None:
     """Resample one float channel ``(X, Y, Z)`` into ``out`` (float32, target shape)."""
     if axis is None:
-        out[...] = _resize(channel, out.shape, order)
+        if order in FAST_ORDERS:
+            out[...] = resize_exact(channel, out.shape, order)
+        else:
+            out[...] = _resize(channel, out.shape, order)
         return
     plane_shape = tuple(s for a, s in enumerate(out.shape) if a != axis)
-    inplane_shape = list(out.shape)
-    inplane_shape[axis] = channel.shape[axis]
-    inplane = np.empty(inplane_shape, dtype=channel.dtype)
-    for i in range(channel.shape[axis]):
-        inplane[_slab(axis, i)] = _resize(channel[_slab(axis, i)], plane_shape, order)
+    # order_z > 0 interpolates between in-plane values, which must then stay float64
+    inplane = _inplane(
+        channel, axis, plane_shape, order, np.float32 if order_z == 0 else channel.dtype
+    )
     n_in, n_out = channel.shape[axis], out.shape[axis]
     if n_in == n_out:
         out[...] = inplane
@@ -278,41 +298,6 @@ def resample_probabilities(
     )
 
 
-def _index_dtype(n: int) -> type:
-    """Smallest signed integer type that indexes ``n`` labels."""
-    return next(t for t in (np.int8, np.int16, np.int32, np.int64) if n <= np.iinfo(t).max)
-
-
-def _resize_label(seg: np.ndarray, shape: tuple, order: int) -> np.ndarray:
-    """Label map of any dimension resized like batchgenerators' ``resize_segmentation``.
-
-    Per-label indicator scores (float64, so exact ties stay exact); highest score
-    wins, ties go to the nearest-neighbour label if tied, else the smallest label.
-    """
-    if seg.size == 0:
-        return np.zeros(shape, dtype=seg.dtype)
-    if order == 0:
-        return _resize(seg, shape, 0)
-    labels = np.unique(seg)
-    if len(labels) == 1:
-        return np.full(shape, labels[0], dtype=seg.dtype)
-    index = np.searchsorted(labels, seg).astype(_index_dtype(len(labels)))
-    nearest = _resize(index, shape, 0)
-    del index
-    winner = np.zeros(shape, dtype=nearest.dtype)
-    best = _resize((seg == labels[0]).astype(np.float64), shape, order)
-    for i in range(1, len(labels)):
-        score = _resize((seg == labels[i]).astype(np.float64), shape, order)
-        take = score == best
-        take &= score > 0
-        take &= nearest == i
-        take |= score > best
-        np.copyto(winner, i, where=take)
-        np.maximum(best, score, out=best)
-        del score, take
-    return labels[winner]
-
-
 def _label_along_axis(arr: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarray:
     """nnU-Net's ``order_z > 0`` label rule: per-label interpolation, ``> 0.5`` overwrites."""
     out_shape = list(arr.shape)
@@ -322,6 +307,16 @@ def _label_along_axis(arr: np.ndarray, axis: int, n_out: int, order: int) -> np.
         score = _interp_along_axis((arr == label).astype(np.float64), axis, n_out, order)
         out[score > 0.5] = label
     return out
+
+
+def _label_inplane(seg: np.ndarray, axis: int, plane_shape: tuple, order: int) -> np.ndarray:
+    """Each label slice across ``axis`` resized to ``plane_shape`` (``seg`` if unchanged:
+    resizing a slice to its own shape returns it as it is)."""
+    if plane_shape == tuple(s for a, s in enumerate(seg.shape) if a != axis):
+        return seg
+    stack = np.moveaxis(seg, axis, 0)
+    out = resize_label(stack, (stack.shape[0], *plane_shape), order, stack=True)
+    return np.moveaxis(out, 0, axis)
 
 
 def resample_label(
@@ -361,16 +356,8 @@ def resample_label(
         return seg
     axis = separate_z_axis(current_spacing, new_spacing)
     if axis is None:
-        return _resize_label(seg, shape, order)
-    plane_shape = tuple(s for a, s in enumerate(shape) if a != axis)
-    if plane_shape == tuple(s for a, s in enumerate(seg.shape) if a != axis):
-        inplane = seg  # resizing a slice to its own shape returns it unchanged
-    else:
-        inplane_shape = list(shape)
-        inplane_shape[axis] = seg.shape[axis]
-        inplane = np.empty(inplane_shape, dtype=seg.dtype)
-        for i in range(seg.shape[axis]):
-            inplane[_slab(axis, i)] = _resize_label(seg[_slab(axis, i)], plane_shape, order)
+        return resize_label(seg, shape, order)
+    inplane = _label_inplane(seg, axis, tuple(s for a, s in enumerate(shape) if a != axis), order)
     n_in, n_out = seg.shape[axis], shape[axis]
     if n_in == n_out:
         return inplane
