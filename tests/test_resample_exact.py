@@ -15,6 +15,7 @@ import pytest
 from batchgenerators.augmentations.utils import resize_segmentation
 from scipy.ndimage import binary_fill_holes
 from skimage.transform import resize
+from test_resample import _random_labels as random_labels
 
 import medseg.preprocessing.crop as crop_module
 import medseg.preprocessing.zoom as zoom_module
@@ -34,7 +35,6 @@ SHAPES = [  # (input, output): up, down, mixed, unchanged axes, tiny axes
     ((3, 1, 5), (3, 2, 7)),
     ((4, 2, 2), (9, 1, 3)),
 ]
-LABEL_VALUES = np.array([-1, 0, 1, 2, 5], dtype=np.int16)
 
 
 def _skimage(arr: np.ndarray, shape: tuple, order: int, stack: bool) -> np.ndarray:
@@ -51,14 +51,8 @@ def _bg_labels(seg: np.ndarray, shape: tuple, stack: bool) -> np.ndarray:
 
 
 def _random_labels(shape: tuple, seed: int, dtype) -> np.ndarray:
-    """Blocky labels with single-voxel salt: label boundaries and exact ties everywhere."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.choice(LABEL_VALUES, size=tuple(-(-s // 3) for s in shape))
-    seg = np.kron(coarse, np.ones((3, 3, 3), dtype=coarse.dtype))[
-        : shape[0], : shape[1], : shape[2]
-    ]
-    salt = rng.random(shape) < 0.15
-    seg[salt] = rng.choice(LABEL_VALUES, size=int(salt.sum()))
+    """test_resample's blocky labels with salt (ties everywhere); uint8 without -1."""
+    seg = random_labels(shape, seed, np.int16)
     return np.abs(seg).astype(dtype) if dtype == np.uint8 else seg.astype(dtype)
 
 
