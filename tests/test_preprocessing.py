@@ -223,12 +223,14 @@ def test_two_d_configuration_keeps_slices(demo_dataset):
     assert dice(back.array == 1, label.array == 1) >= 0.99
 
 
-def test_preprocess_without_label_marks_only_the_outside(demo_dataset):
+def test_preprocess_without_label_returns_no_label(demo_dataset):
     spec = load_dataset(demo_dataset)
     plans = plans_for(demo_dataset)
     image, _ = read_case(spec, spec.training[1])
     data, seg, record = preprocess_case(image, None, plans, "3d_fullres")
-    assert set(np.unique(seg)) <= {OUTSIDE, 0} and not record["has_label"]
+    assert seg is None and not record["has_label"]
+    assert record["shape"] == list(data.shape[1:])
+    assert set(record["class_voxels"].values()) == {0}
     assert json.loads(json.dumps(record)) == record
 
 

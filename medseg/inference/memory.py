@@ -10,8 +10,9 @@ with none is refused with the estimate and what to change.
 The estimate follows the stages of :func:`medseg.inference.predict.predict_volume`
 on the CPU, each holding what it holds at its peak (``parts`` names them):
 
-* ``preprocess``: the scan's copy on the processing grid, the normalized float32
-  copy, one float32 channel being resampled and the result;
+* ``preprocess``: the normalized float32 copy of the scan, with the non-zero mask
+  (int8) or later the resampling's float64 window of spline coefficients, and the
+  result;
 * ``network``: the preprocessed input and its padded copy, the float32 accumulators
   (K classes + weights), the logits of the configurations already done, the
   activations of one call (tiles x patch x widths) and the blended result;
@@ -36,6 +37,7 @@ from medseg.geometry.orientation import canonical_ornt
 from medseg.preprocessing.grid import processing_spacing
 from medseg.preprocessing.pipeline import target_spacing
 from medseg.preprocessing.resample import compute_new_shape, separate_z_axis
+from medseg.preprocessing.zoom import CHUNK_BYTES, WINDOW_BYTES
 
 #: Activation bytes per patch voxel and tile, per feature of the first stage.
 ACTIVATION_PER_FEATURE = 4 * 6.0
@@ -106,12 +108,14 @@ def _member_size(image: Volume, plans, member) -> MemberSize:
 
 
 def _spline_bytes(shape, new_shape, axis: int | None) -> int:
-    """scipy's order-3 prefilter: float64 coefficients of the volume padded by 12 voxels
-    per side (a slice at a time when a low-resolution axis is resampled separately)."""
+    """The order-3 resampling's float64 coefficients: a window of rows of the volume
+    padded by 12 voxels per side (:mod:`medseg.preprocessing.zoom`), or one slice when
+    a low-resolution axis is resampled separately; the prefilter's column chunks."""
     if tuple(shape) == tuple(new_shape):
         return 0
     padded = [s + 24 for a, s in enumerate(shape) if a != axis]
-    return 8 * math.prod(padded)
+    window = min(8 * math.prod(padded), WINDOW_BYTES + 8 * math.prod(padded[1:]))
+    return window + 3 * CHUNK_BYTES
 
 
 def member_sizes(image: Volume, bundle) -> list[MemberSize]:
@@ -129,7 +133,6 @@ def estimate_parts(
 ) -> dict[str, int]:
     """Peak bytes above the baseline of each stage (see the module docstring)."""
     n = math.prod(image.spatial_shape)
-    scan = image.array.nbytes
     channels = image.n_channels
     logits = [4 * n_classes * s.voxels for s in sizes]
     network = 0
@@ -145,10 +148,8 @@ def estimate_parts(
         network = max(network, 2 * data + accumulators + 2 * logits[i] + activations + held)
     biggest = max(s.voxels for s in sizes)
     return {
-        "preprocess": scan
-        + 4 * channels * n
-        + 4 * n
-        + max(s.spline_bytes for s in sizes)
+        "preprocess": 4 * channels * n
+        + max(n, max(s.spline_bytes for s in sizes))
         + 4 * channels * biggest,
         "network": network,
         "reconstruct": sum(logits) + 2 * n + min(slab_bytes, 4 * n_classes * n * 3),

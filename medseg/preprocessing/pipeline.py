@@ -57,7 +57,8 @@ def preprocess_case(
     """Preprocess one case for ``configuration`` of ``plans``.
 
     Returns ``data`` (C, ...) float32, ``seg`` (...) int8/int16 with -1 outside the
-    non-zero region (all 0 and -1 without a label), and the JSON-ready record.
+    non-zero region (None without a label: nothing to resample), and the JSON-ready
+    record.
     """
     plans = Plans.of(plans)
     config = plans.configuration(configuration)
@@ -87,9 +88,12 @@ def preprocess_case(
     cropped = tuple(int(s) for s in data.shape[1:])
     target = target_spacing(config, spacing)
     new_shape = [int(s) for s in compute_new_shape(cropped, spacing, target)]
+    if label is None:  # the non-zero mask only served the normalisation: freed now
+        seg = None
+    else:  # the label first: its full-size copy is freed before the image's peak
+        seg = resample_label(seg, new_shape, spacing, target)
+        seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8, copy=False)
     data = resample_image(data, new_shape, spacing, target)
-    seg = resample_label(seg, new_shape, spacing, target)
-    seg = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8, copy=False)
     steps.append(
         {
             "step": "resample",
@@ -100,17 +104,18 @@ def preprocess_case(
         }
     )
     head = {"case_id": case_id, "configuration": configuration, "has_label": label is not None}
-    return data, seg, _record(head, seg, plans.labels.foreground, steps)
+    return data, seg, _record(head, seg, new_shape, plans.labels.foreground, steps)
 
 
-def _record(head: dict, seg: np.ndarray, classes, steps: list) -> dict:
+def _record(head: dict, seg: np.ndarray | None, shape, classes, steps: list) -> dict:
     """The case record (see the module docstring) around ``head`` and ``steps``."""
+    count = (lambda c: 0) if seg is None else (lambda c: int(np.count_nonzero(seg == c)))
     return {
         "schema": CASE_SCHEMA[0],
         "schema_version": CASE_SCHEMA[1],
         **head,
-        "class_voxels": {str(c): int(np.count_nonzero(seg == c)) for c in classes},
-        "shape": list(seg.shape),
+        "class_voxels": {str(c): count(c) for c in classes},
+        "shape": [int(s) for s in shape],
         "steps": steps,
     }
 
