@@ -41,13 +41,14 @@ memory figures are about):
   split (all training cases train, the last validates); the weights do not change the
   timing.
 
-Peak memory is the summed RSS of each tool's process tree, sampled every 20 ms. A
-prediction run that goes over ``--mem-cap-gb`` (default: 90% of the memory available
-when it starts) is killed and reported as such, so the benchmark never drives a shared
-machine into the kernel's OOM killer; a run killed by the kernel (SIGKILL) or failing
-otherwise is reported too, with its log tail, and the script goes on. medseg's input
-gate (``medseg/inference/gate.py``) refuses a scan whose estimated need exceeds the
-free memory before predicting: the table shows that as "refused (memory)".
+Peak memory is the summed RSS of each tool's process tree, sampled every 20 ms
+(``benchmarks/capped_run.py``). A prediction run that goes over ``--mem-cap-gb``
+(default: 90% of the memory available when it starts) is killed and reported as such,
+so the benchmark never drives a shared machine into the kernel's OOM killer; a run
+killed by the kernel (SIGKILL) or failing otherwise is reported too, with its log
+tail, and the script goes on. medseg refuses a scan whose estimated peak exceeds
+``--max-memory`` (default: 80% of RAM or what is free) before predicting: the table
+shows that as "refused (memory)".
 
     .venv/bin/python benchmarks/large.py [--z 300[,800]] [--classes 3,20] [--cases 10]
         [--skip-preprocess] [--skip-predict] [--threads N] [--save FILE.json]
@@ -64,7 +65,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +80,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # nnU-Net drivers shared with th
 import ct_like  # noqa: E402  (benchmarks/)
 import nnunet_model  # noqa: E402
 import preprocess  # noqa: E402  (benchmarks/preprocess.py)
+from capped_run import memory_cap, run_capped  # noqa: E402
+from large_table import TOOLS, print_table, table_rows  # noqa: E402
 from nnunet_oracle import _nnunet_env, to_nnunet_raw  # noqa: E402
 
 BIN = preprocess.BIN
@@ -106,77 +108,6 @@ class Sizes:
 
 
 SMOKE = Sizes(size=96, pre_z=40, train_z=40, base_features=2, iterations=2)
-
-
-# --------------------------------------------------------------------------------------
-# Running and measuring
-# --------------------------------------------------------------------------------------
-
-
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
-    try:
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in tree:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-def _kill_tree(root: psutil.Process) -> None:
-    try:
-        tree = [*root.children(recursive=True), root]
-    except psutil.Error:
-        tree = [root]
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-
-
-def run_capped(cmd: list, env: dict, log: Path, cap_bytes: int, timeout_s: float) -> dict:
-    """Run ``cmd`` like ``preprocess.run_measured`` (wall s, peak RSS of its process tree),
-    but kill the tree above ``cap_bytes`` or after ``timeout_s`` and report, not raise.
-
-    Returns ``{"wall", "peak", "status", "cap", "log"}``; ``status`` is ``"ok"`` or says
-    why the run did not finish; output goes to ``log``.
-    """
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=out, stderr=out)
-    root, peak, status = psutil.Process(proc.pid), 0, "ok"
-    while proc.poll() is None:
-        rss = _tree_rss(root)
-        peak = max(peak, rss)
-        if rss > cap_bytes:
-            status = f"killed by the benchmark at {rss / 1e9:.1f} GB (cap {cap_bytes / 1e9:.1f})"
-        elif time.perf_counter() - start > timeout_s:
-            status = f"timed out after {timeout_s:.0f} s"
-        if status != "ok":
-            _kill_tree(root)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    wall = time.perf_counter() - start
-    if status == "ok" and proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        memory = proc.returncode == -9 or "MemoryError" in tail or "6 feet under" in tail
-        status = f"{'out of memory? ' if memory else ''}exit code {proc.returncode}"
-        if "too large for memory" in tail:  # medseg's input gate refused the scan
-            status = f"refused: too large for memory (exit code {proc.returncode})"
-    return {"wall": wall, "peak": peak, "status": status, "cap": cap_bytes, "log": str(log)}
-
-
-def memory_cap(args: argparse.Namespace) -> int:
-    if args.mem_cap_gb is not None:
-        return int(args.mem_cap_gb * 1e9)
-    return int(0.9 * psutil.virtual_memory().available)
 
 
 # --------------------------------------------------------------------------------------
@@ -312,10 +243,11 @@ def bench_predict(work: Path, model: Path, ct: Path, args: argparse.Namespace) -
     cmd = nnunet_model.predict_command(
         model, [ct], work / "nnunet", mirroring=True, processes=args.processes
     )
-    cap = memory_cap(args)
+    cap = memory_cap(args.mem_cap_gb)
     runs = {"nnU-Net": run_capped(cmd, nnunet_env, work / "nnunet.log", cap, args.timeout)}
     cmd = medseg_command(model, ct, work / "medseg", args)
-    runs["medseg"] = run_capped(cmd, env, work / "medseg.log", memory_cap(args), args.timeout)
+    cap = memory_cap(args.mem_cap_gb)  # what is free now, after nnU-Net
+    runs["medseg"] = run_capped(cmd, env, work / "medseg.log", cap, args.timeout)
     ours, theirs = work / "medseg" / f"{name}.nii.gz", work / "nnunet" / f"{name}.nii.gz"
     ok = all(r["status"] == "ok" for r in runs.values())
     runs["agreement"] = label_agreement(ours, theirs) if ok else None
@@ -334,7 +266,7 @@ def predict_side(work: Path, args: argparse.Namespace, sizes: Sizes) -> list[dic
                 medseg_command(model, small, work / f"convert_{k}", args),
                 dict(os.environ),
                 work / f"convert_{k}.log",
-                memory_cap(args),
+                memory_cap(args.mem_cap_gb),
                 args.timeout,
             )
             log(f"K={k}: one-time engine conversion run (small CT) {run['wall']:.1f} s")
@@ -344,67 +276,6 @@ def predict_side(work: Path, args: argparse.Namespace, sizes: Sizes) -> list[dic
             done = ", ".join(f"{t} {runs[t]['status']} {runs[t]['wall']:.1f} s" for t in TOOLS)
             log(f"K={k}, Z={z} predicted: {done}")
     return results
-
-
-# --------------------------------------------------------------------------------------
-# The table
-# --------------------------------------------------------------------------------------
-
-TOOLS = ("medseg", "nnU-Net")
-
-
-def _cell(run: dict, key: str, scale: float, fmt: str) -> str:
-    if key == "peak" and run["status"].startswith("killed") and run.get(key):
-        return f">{run[key] / scale:{fmt}} (killed)"
-    if run.get(key) is None or run["status"] != "ok":
-        return _short(run["status"])
-    return f"{run[key] / scale:{fmt}}"
-
-
-def _short(status: str) -> str:
-    if status.startswith("killed by the benchmark"):
-        return "killed (mem cap)"
-    if status.startswith("out of memory"):
-        return "out of memory"
-    if status.startswith("refused"):
-        return "refused (memory)"
-    return "timed out" if status.startswith("timed out") else "failed"
-
-
-def _ratio(a: dict, b: dict, key: str) -> str:
-    if a["status"] != "ok" or b["status"] != "ok" or not b.get(key):
-        return "n/a"
-    return f"{a[key] / b[key]:.2f}"
-
-
-def table_rows(pre: dict | None, predictions: list[dict]) -> list[tuple[str, str, str, str]]:
-    """(row, medseg, nnU-Net, ratio) for every measured figure."""
-    rows = []
-    metrics = (("wall (s)", "wall", 1.0, ".1f"), ("peak RSS (MB)", "peak", 1e6, ".0f"))
-    if pre is not None:
-        what = f"preprocess {pre['info']['cases']} cases"
-        for label, key, scale, fmt in (*metrics, ("disk (MB)", "disk", 1e6, ".1f")):
-            ours, theirs = pre["medseg"], pre["nnU-Net"]
-            cells = (_cell(ours, key, scale, fmt), _cell(theirs, key, scale, fmt))
-            rows.append((f"{what}: {label}", *cells, _ratio(ours, theirs, key)))
-    for p in predictions:
-        what = f"predict {p['size']}x{p['size']}x{p['z']}, {p['classes']} classes"
-        ours, theirs = p["medseg"], p["nnU-Net"]
-        for label, key, scale, fmt in metrics:
-            cells = (_cell(ours, key, scale, fmt), _cell(theirs, key, scale, fmt))
-            rows.append((f"{what}: {label}", *cells, _ratio(ours, theirs, key)))
-        agree = "n/a" if p["agreement"] is None else f"{p['agreement']:.4%}"
-        rows.append((f"{what}: labels agree", agree, "", ""))
-    return rows
-
-
-def print_table(rows, header: str) -> None:
-    width = max([len(r[0]) for r in rows] + [10])
-    print(f"\n{header}\n")
-    print(f"| {'':<{width}} | {'medseg':>16} | {'nnU-Net':>16} | {'ratio':>5} |")
-    print(f"| {'-' * width} | {'-' * 16} | {'-' * 16} | {'-' * 5} |")
-    for label, ours, theirs, ratio in rows:
-        print(f"| {label:<{width}} | {ours:>16} | {theirs:>16} | {ratio:>5} |")
 
 
 def describe(args, sizes: Sizes, pre: dict | None, started: float) -> str:
