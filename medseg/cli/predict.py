@@ -131,8 +131,9 @@ def add_parser(sub) -> None:
         "--engine",
         choices=values(Engine),
         default=Engine.AUTO.value,
-        help="what runs the network: torch, or openvino (CPU only, 1.3-1.7x faster, "
-        "float32, same labels to 1e-5; converting takes about 1.5 s per network); "
+        help="what runs the network: torch, or openvino (CPU only, about 1.3x faster, "
+        "float32, labels equal to 1e-5 of voxels; converting takes about 1.5 s per "
+        "network); "
         "auto = openvino on CPU, torch on GPUs (default: auto)",
     )
 
