@@ -64,5 +64,10 @@ test: lint tools
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -x -q
 
+# the lent-GPU kit (benchmarks/gpu/README.md): wheels the GPU machine lacks + prepared data
+.PHONY: gpu-kit
+gpu-kit: $(STAMP)
+	$(BIN)/python benchmarks/gpu/build_kit.py --out benchmarks/gpu/kit
+
 clean:
 	rm -rf $(VENV) demo_data results .snakemake .pytest_cache
