@@ -66,16 +66,25 @@ class CaseStore:
         return self._open[case_id]
 
 
-def _window(shape, patch, rng: np.random.Generator, centre=None) -> list[int]:
-    """Start of a patch inside the padded range of ``shape``; random or around ``centre``."""
+def _window(shape, patch, rng: np.random.Generator, centre=None, margin=None) -> list[int]:
+    """Start of a patch read from a case of ``shape``: random, or around ``centre``.
+
+    nnU-Net's rule (its data loader's ``get_bbox``): the patch may stick out of the
+    case by ``need`` voxels in all, half on each side, where ``need`` is the
+    ``margin`` (the read patch's excess over the network's, kept for rotation and
+    scaling) or what a case smaller than the patch lacks, whichever is more. A random
+    start is uniform over that range; a start around ``centre`` is only kept from
+    going below it, so a foreground voxel near the far side may sit off-centre.
+    """
+    margin = (0,) * len(patch) if margin is None else margin
     starts = []
-    for d, (n, p) in enumerate(zip(shape, patch, strict=True)):
-        pad = max(0, p - n)
-        lo, hi = -(pad // 2), n + pad // 2 + pad % 2 - p
+    for d, (n, p, m) in enumerate(zip(shape, patch, margin, strict=True)):
+        need = max(int(m), p - n)
+        lo, hi = (-need) // 2, n + need // 2 + need % 2 - p
         if centre is None:
             starts.append(int(rng.integers(lo, hi + 1)))
         else:
-            starts.append(int(np.clip(centre[d] - p // 2, lo, hi)))
+            starts.append(max(lo, int(centre[d]) - p // 2))
     return starts
 
 
@@ -93,11 +102,12 @@ def _read(array, starts, patch, fill, lead: int):
     return out
 
 
-def sample_patch(store: CaseStore, case_id: str, patch, foreground: bool, rng):
+def sample_patch(store: CaseStore, case_id: str, patch, foreground: bool, rng, margin=None):
     """One ``(image (C, *patch), label (L, *patch))`` pair; a 2D ``patch`` takes one slice.
 
     ``L`` is 1, or 2 for a cascade stage: the label, then the previous stage's
-    segmentation of the same window (0 outside the case).
+    segmentation of the same window (0 outside the case). ``margin``: see
+    :func:`_window`.
     """
     data, seg, shape, locations, present, prev = store.case(case_id)
     centre = None
@@ -106,11 +116,11 @@ def sample_patch(store: CaseStore, case_id: str, patch, foreground: bool, rng):
         centre = locations[cls][int(rng.integers(len(locations[cls])))]
     if len(patch) == len(shape) - 1:  # 2D configuration: a slice, then a 2D window
         z = int(centre[0]) if centre is not None else int(rng.integers(shape[0]))
-        starts = _window(shape[1:], patch, rng, None if centre is None else centre[1:])
+        starts = _window(shape[1:], patch, rng, None if centre is None else centre[1:], margin)
         image = _read(data, [z, *starts], (1, *patch), 0, lead=1)[:, 0]
         labels = [_read(a, [z, *starts], (1, *patch), f, lead=0)[0] for a, f in _labels(seg, prev)]
         return image, np.stack(labels)
-    starts = _window(shape, patch, rng, centre)
+    starts = _window(shape, patch, rng, centre, margin)
     labels = [_read(a, starts, patch, f, lead=0) for a, f in _labels(seg, prev)]
     return _read(data, starts, patch, 0, lead=1), np.stack(labels)
 
@@ -127,9 +137,11 @@ def sample_batch(
     batch_size: int,
     rng: np.random.Generator,
     oversample: float = OVERSAMPLE_FOREGROUND,
+    margin=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``image (B, C, *patch)`` float32 and ``label (B, L, *patch)`` int16 for one batch
-    (``L`` = 2 for a cascade stage: label, previous-stage segmentation)."""
+    (``L`` = 2 for a cascade stage: label, previous-stage segmentation); ``margin``:
+    how much larger ``patch`` is than the network's (see :func:`_window`)."""
     if not case_ids:
         raise TrainingError(
             "no cases to sample training patches from; the fold's training list is empty "
@@ -138,7 +150,7 @@ def sample_batch(
     images, labels = [], []
     for force in forced_foreground(batch_size, oversample):
         case_id = case_ids[int(rng.integers(len(case_ids)))]
-        image, label = sample_patch(store, case_id, tuple(patch), force, rng)
+        image, label = sample_patch(store, case_id, tuple(patch), force, rng, margin)
         images.append(image)
         labels.append(label)
     images = np.stack(images).astype(np.float32, copy=False)  # stack made a new array

@@ -61,8 +61,11 @@ class EpochBatches(torch.utils.data.Dataset):
             self.store = CaseStore(spec.folder, spec.previous)
         epoch, it = index
         read = spec.patch if spec.augment is None else source_patch_size(spec.patch, spec.augment)
+        margin = [r - p for r, p in zip(read, spec.patch, strict=True)]
         rng = np.random.default_rng(batch_seed(spec.seed, epoch, it, spec.stream))
-        image, label = sample_batch(self.store, list(spec.case_ids), read, spec.batch_size, rng)
+        image, label = sample_batch(
+            self.store, list(spec.case_ids), read, spec.batch_size, rng, margin=margin
+        )
         image, label = torch.from_numpy(image), torch.from_numpy(label)
         if spec.augment is None:
             return with_previous(image, label.clamp_(min=0), spec, epoch, it)
