@@ -93,8 +93,8 @@ def test_resize_exact_block_by_block_along_a_long_axis(monkeypatch, shape_in, sh
     arr = (rng.normal(size=shape_in) * 50).astype(np.float32)
     arr[40:90] += 300.0  # a bright slab: large values far from where some blocks start
     blocks = list(
-        zoom_module._output_blocks(
-            zoom_module.axis_plan(shape_in[0], shape_out[0], order, 12).taps, 8 * 20, 8 * 31 * 31
+        zoom_module._windows(
+            zoom_module.axis_plan(shape_in[0], shape_out[0], order, 12).taps, 8 * 31 * 31
         )
     )
     assert len(blocks) > 10

@@ -218,52 +218,62 @@ def _rows_and_columns(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
     return np.ascontiguousarray(block[:, cols])
 
 
-def _output_blocks(taps: np.ndarray, out_row_bytes: int, coef_row_bytes: int):
-    """Slices of output rows (axis 0), each as many rows as fit :data:`BLOCK_BYTES` of
-    results and :data:`WINDOW_BYTES` of the coefficient rows its taps read (>= 1 row)."""
-    n_out = taps.shape[1]
+def _windows(taps: np.ndarray, coef_row_bytes: int):
+    """``(output rows, (lo, hi))``: consecutive output rows (axis 0) and the coefficient
+    rows ``lo:hi`` their taps read, about :data:`WINDOW_BYTES` of them (at least the
+    taps of one output row)."""
+    n_out, n_rows = taps.shape[1], max(1, WINDOW_BYTES // coef_row_bytes)
+    first, last = taps.min(axis=0), taps.max(axis=0)
     start = 0
     while start < n_out:
-        stop = start + 1
-        while stop < n_out and (stop + 1 - start) * out_row_bytes <= BLOCK_BYTES:
-            span = int(taps[:, start : stop + 1].max() - taps[:, start : stop + 1].min()) + 1
-            if span * coef_row_bytes > WINDOW_BYTES:
-                break
-            stop += 1
-        yield slice(start, stop)
+        lo = int(first[start])
+        stop = start + int(
+            np.searchsorted(last[start:], lo + max(n_rows, taps.shape[0]) - 1, "right")
+        )
+        stop = max(stop, start + 1)
+        yield slice(start, stop), (lo, int(last[start:stop].max()) + 1)
         start = stop
 
 
 def _zoom_volume(arr: np.ndarray, out: np.ndarray, order: int) -> None:
     """One 3D resize of ``arr`` into float32 ``out`` (unclipped).
 
-    Block by block of output rows along axis 0: the coefficient rows the block reads
-    (:func:`coefficient_rows`) are interpolated in-plane, then along axis 0; the
-    doubtful voxels are recomputed from those rows. No full-size float64 array.
+    Window by window of coefficient rows along axis 0 (:func:`coefficient_rows`: no
+    full-size float64 array), see :func:`_zoom_window`.
     """
     pad = PREPAD if order > 1 else 0
     padded = [n + 2 * pad for n in arr.shape]
     plans = [axis_plan(n, m, order, pad) for n, m in zip(arr.shape, out.shape, strict=True)]
     wy, wx = (p.matrix(n) for p, n in zip(plans[1:], padded[1:], strict=True))
     floor = max(float(arr.max()), -float(arr.min()))
-    taps = plans[0].taps
-    for sel in _output_blocks(taps, 8 * out[0].size, 8 * padded[1] * padded[2]):
-        # one call per block: its coefficient rows are freed before the next block's
-        _zoom_block(arr, out, sel, plans, (wy, wx), order, floor)
+    for sel, (lo, hi) in _windows(plans[0].taps, 8 * padded[1] * padded[2]):
+        # one call per window: its coefficient rows are freed before the next window's
+        coef = coefficient_rows(arr, order, lo, hi)
+        _zoom_window(coef, lo, out, sel, plans, (wy, wx), _bound(coef, floor), order)
+        del coef
 
 
-def _zoom_block(arr, out, sel: slice, plans: list, inplane_matrices, order: int, floor: float):
-    """Output rows ``sel`` of :func:`_zoom_volume`."""
-    taps = plans[0].taps[:, sel]
-    lo, hi = int(taps.min()), int(taps.max()) + 1
-    coef = coefficient_rows(arr, order, lo, hi)
-    inplane = np.empty((hi - lo, *out.shape[1:]), dtype=np.float64)
-    for row in range(hi - lo):
-        _inplane(coef[row], *inplane_matrices, inplane[row])
-    block = AxisPlan(plans[0].coords[sel] - lo, taps - lo, plans[0].weights[:, sel])
-    t = (block.matrix(hi - lo) @ inplane.reshape(hi - lo, -1)).reshape(out[sel].shape)
-    coords = [block.coords, plans[1].coords, plans[2].coords]
-    _store(out[sel], t, coef, coords, _bound(coef, floor), order)
+def _zoom_window(coef, lo: int, out, sel: slice, plans: list, inplane, bound: float, order):
+    """Output rows ``sel`` from the coefficient rows ``coef`` (rows ``lo:``): each row is
+    interpolated in-plane once, into a small ring, and each block of output rows is
+    then interpolated along axis 0 from that ring; doubtful voxels are recomputed from
+    ``coef``."""
+    taps, coords0 = plans[0].taps[:, sel] - lo, plans[0].coords[sel] - lo
+    weights = plans[0].weights[:, sel]
+    step = _rows_per_block(8 * out[0].size)
+    n = taps.shape[1]
+    span = max(int(np.ptp(taps[:, o : o + step])) for o in range(0, n, step)) + 1
+    ring = np.empty((span, *out.shape[1:]), dtype=np.float64)
+    done = int(taps.min()) - 1  # last coefficient row in the ring
+    for o0 in range(0, n, step):
+        block = slice(o0, min(o0 + step, n))
+        for row in range(max(done + 1, int(taps[:, block].min())), int(taps[:, block].max()) + 1):
+            _inplane(coef[row], *inplane, ring[row % span])
+            done = row
+        axis0 = AxisPlan(coords0[block], taps[:, block] % span, weights[:, block])
+        rows = slice(sel.start + o0, sel.start + block.stop)
+        t = (axis0.matrix(span) @ ring.reshape(span, -1)).reshape(out[rows].shape)
+        _store(out[rows], t, coef, [coords0[block], plans[1].coords, plans[2].coords], bound, order)
 
 
 def _zoom_stack(arr: np.ndarray, out: np.ndarray, order: int) -> None:
