@@ -54,11 +54,37 @@ tools:
 			echo "note: install dicom3tools (dciodvfy) to run the DICOM-SEG checks"; \
 		fi; }
 
+# Debian's slurm-wlm + munge: the one-node SLURM test cluster of tests/slurm_cluster.py
+# (tests/test_slurm.py starts its own; slurm-up / slurm-down one for trying the slurm
+# profile by hand: needs root, everything in SLURM_DIR, nothing in /etc)
+SLURM_PACKAGES := slurm-wlm munge
+SLURM_DIR ?= /tmp/medseg-slurm
+.PHONY: slurm-tools slurm-up slurm-down
+slurm-tools:
+	@missing=; for t in sbatch srun squeue scontrol munge slurmctld slurmd munged; do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 || \
+			{ apt-get update -qq && \
+			  apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES) >/dev/null; }; \
+		elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+			sudo apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES) >/dev/null; \
+		else \
+			echo "note: install slurm-wlm and munge (SLURM 22.05+) to run the SLURM tests"; \
+		fi; }
+
+slurm-up: slurm-tools
+	$(PYTHON) tests/slurm_cluster.py up $(SLURM_DIR)
+
+slurm-down:
+	$(PYTHON) tests/slurm_cluster.py down $(SLURM_DIR)
+
 lint: $(STAMP)
 	$(BIN)/ruff check medseg tests datasets benchmarks
 	$(BIN)/ruff format --check medseg tests datasets benchmarks
 
-test: lint tools
+test: lint tools slurm-tools
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
