@@ -22,6 +22,7 @@ from medseg.cli import (
     qc,
     select,
     split,
+    status,
     summary,
     train,
     validate,
@@ -46,6 +47,7 @@ COMMANDS = (
     export,
     qc,
     summary,
+    status,
 )
 
 DESCRIPTION = """\
@@ -69,6 +71,7 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg select models/ --dataset DATASET --plans plans.json --splits splits.json \\
       -o cv/ --model model/                     best configuration or ensemble from CV
   medseg evaluate predictions/ labels/          Dice, HD95, NSD per class and case
+  medseg status results/NAME                    each training job's epoch, Dice, time left
   medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/
 
 Run 'medseg COMMAND --help' for the options of each command.

@@ -347,6 +347,7 @@ def train(
         history.append(
             {
                 "epoch": epoch,
+                "epochs": settings.epochs,  # planned: medseg status's ETA
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "pseudo_dice": dice,
