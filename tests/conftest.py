@@ -27,6 +27,18 @@ def run_medseg(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*MEDSEG, *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    """Row label -> cells of the markdown tables in ``text`` (the benchmarks print them);
+    rows with an empty first cell (a header over the labels) and rules are left out."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| -"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[0]:
+                rows[cells[0]] = cells[1:]
+    return rows
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         if os.environ.get("CI", "").lower() == "true":

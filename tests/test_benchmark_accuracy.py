@@ -17,22 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import markdown_rows
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "accuracy.py"
 TOOLS = ("nnU-Net", "medseg")
-
-
-def _table(stdout: str) -> dict[str, list[str]]:
-    """Row label -> cells of the markdown table the script prints."""
-    rows = {}
-    for line in stdout.splitlines():
-        if line.startswith("| ") and not line.startswith("| -"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
-    return rows
 
 
 def _dice(cells: list[str], low: float = 0.0) -> list[float]:
@@ -53,7 +44,7 @@ def test_accuracy_benchmark_smoke(tmp_path, hippocampus):
         cwd=ROOT,
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    rows = _table(done.stdout)
+    rows = markdown_rows(done.stdout)
     assert "run" in rows and rows["run"][2] == "mean fg Dice", done.stdout
     for tool in TOOLS:
         cells = rows.get(f"{tool} seed 0")

@@ -16,23 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import markdown_rows
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "large.py"
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
-
-
-def _table(stdout: str) -> dict[str, list[str]]:
-    """Row label -> cells of the markdown table the script prints last."""
-    rows = {}
-    for line in stdout.splitlines():
-        if line.startswith("| ") and not line.startswith("| -"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if cells[0]:
-                rows[cells[0]] = cells[1:]
-    return rows
 
 
 def test_large_benchmark_smoke(tmp_path):
@@ -47,7 +37,7 @@ def test_large_benchmark_smoke(tmp_path):
         cwd=ROOT,
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    rows = _table(done.stdout)
+    rows = markdown_rows(done.stdout)
     metrics = ("wall (s)", "peak RSS (MB)")
     expected = [f"preprocess 3 cases: {m}" for m in (*metrics, "disk (MB)")]
     for k in (3, 20):

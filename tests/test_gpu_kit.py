@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "benchmarks" / "gpu"
@@ -31,14 +32,9 @@ def _module(name: str):
         sys.path.remove(str(KIT))
 
 
-def _table(markdown: str) -> dict[str, list[str]]:
-    """Row label -> cells of the results table."""
-    rows = {}
-    for line in markdown.splitlines():
-        if line.startswith("| (") and not line.startswith("| -"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
-    return rows
+def _kit_rows(markdown: str) -> dict[str, list[str]]:
+    """The results table's rows: the parts, labelled "(a) ...", "(b) ..."."""
+    return {k: v for k, v in markdown_rows(markdown).items() if k.startswith("(")}
 
 
 def test_kit_carries_only_what_the_gpu_machine_lacks():
@@ -62,7 +58,7 @@ def test_make_target_builds_into_an_ignored_folder():
 def test_table_has_every_row_even_when_nothing_ran():
     report = _module("kit_report")
     results = {"device": "cuda", "stubs": [], "budgets": {"total": 460}, "parts": {}}
-    rows = _table(report.markdown(results))
+    rows = _kit_rows(report.markdown(results))
     assert list(rows) == list(report.ROWS)
     assert all(len(cells) == 5 for cells in rows.values())
 
@@ -88,7 +84,7 @@ def test_cpu_dry_run(tmp_path, hippocampus):
     tests = results["parts"]["tests"]
     assert tests["failed"] == tests["errors"] == 0 and tests["passed"] + tests["skipped"] > 0
     assert results["stubs"] == ["SimpleITK", "cc3d"]  # emulated: the device lacks both
-    rows = _table((out / "results.md").read_text())
+    rows = _kit_rows((out / "results.md").read_text())
     report = _module("kit_report")
     assert list(rows) == list(report.ROWS)
     for label in ("(b) training iterations/s", "(d) prediction s/case"):
