@@ -54,6 +54,7 @@ import math
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,8 +70,8 @@ from accuracy_runs import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("nnU-Net", "medseg")
 COLUMNS = ("1", "2", "mean")
-FULL = {"epochs": 20, "iterations_per_epoch": 25, "seeds": "0,1", "cases": None}
-SMOKE = {"epochs": 2, "iterations_per_epoch": 2, "seeds": "0", "cases": 20}
+FULL = {"epochs": 20, "iterations_per_epoch": 100, "seeds": "0,1", "cases": None, "batch": 2}
+SMOKE = {"epochs": 2, "iterations_per_epoch": 2, "seeds": "0", "cases": 20, "batch": None}
 
 
 def pick_cases(cases: list[str], n: int | None) -> list[str]:
@@ -151,6 +152,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", help=f"comma-separated (default {FULL['seeds']})")
     parser.add_argument("--fold", type=int, default=0, help="fold of the 5-fold split")
     parser.add_argument("--features", type=int, default=8, help="first stage's features")
+    parser.add_argument(
+        "--batch", type=int, help=f"3d_fullres batch size (default {FULL['batch']}; 0: nnU-Net's)"
+    )
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train and predict both tools of a seed at the same time (give each --threads 1)",
+    )
     parser.add_argument("--cases", type=int, help="use this many cases, spread (default all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
@@ -165,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = seed_list(args.seeds)
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
+    if args.batch == 0:
+        args.batch = None
     if not 0 <= args.fold < 5:
         parser.error(f"--fold must be 0..4, got {args.fold}")
     return args
@@ -179,31 +190,44 @@ def _work_folder(work: Path | None) -> Path:
     return work.resolve()
 
 
+def run_all(setup, schedule, seeds, work: Path, parallel: bool, log) -> list[dict]:
+    """Train, predict and score every tool and seed; with ``parallel`` the two tools of
+    a seed run at the same time (each its own subprocesses)."""
+
+    def one(tool: str, seed: int) -> dict:
+        log(f"{tool} seed {seed}: training")
+        run = run_nnunet_seed if tool == "nnU-Net" else run_medseg_seed
+        result = run(setup, schedule, seed, work / "runs" / f"{tool}_seed{seed}")
+        result["dice"] = score(result.pop("predictions"), setup)
+        log(f"{tool} seed {seed}: {result}")
+        return {"tool": tool, "seed": seed, **result}
+
+    runs = []
+    with ThreadPoolExecutor(max_workers=2 if parallel else 1) as pool:
+        for seed in seeds:
+            runs += list(pool.map(one, TOOLS, (seed, seed)))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = _work_folder(args.work)
     cases = pick_cases(dataset_cases(args.dataset), args.cases)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     log(f"preparing {len(cases)} cases in {work}")
-    setup = prepare(args.dataset, work, cases, args.features, args.fold)
+    setup = prepare(args.dataset, work, cases, args.features, args.fold, args.batch)
     schedule = Schedule(
         args.fold, args.epochs, args.iterations_per_epoch, args.val_iterations, args.threads
     )
-    runs = []
-    for seed in args.seeds:
-        for tool, run in (("nnU-Net", run_nnunet_seed), ("medseg", run_medseg_seed)):
-            log(f"{tool} seed {seed}: training")
-            result = run(setup, schedule, seed, work / "runs" / f"{tool}_seed{seed}")
-            result["dice"] = score(result.pop("predictions"), setup)
-            runs.append({"tool": tool, "seed": seed, **result})
-            log(f"{tool} seed {seed}: {result}")
+    runs = run_all(setup, schedule, args.seeds, work, args.parallel, log)
     summary = summarize(runs)
     print(
         f"\n{args.dataset.name} {'3d_fullres'} fold {args.fold}: {len(setup.train_ids)} "
         f"training / {len(setup.val_ids)} validation cases, patch "
         f"{'x'.join(map(str, setup.patch))}, batch {setup.batch}, features "
         f"{','.join(map(str, setup.features))}, {args.epochs} epochs x "
-        f"{args.iterations_per_epoch} iterations, {args.threads} threads, CPU\n"
+        f"{args.iterations_per_epoch} iterations, {args.threads} threads"
+        f"{' each, both tools at once' if args.parallel else ''}, CPU\n"
     )
     print(table(runs, summary, setup.labels))
     if args.save:

@@ -75,10 +75,13 @@ class Schedule:
     threads: int
 
 
-def reduce_plans(plans: dict, dataset_json: dict, base_features: int) -> dict:
+def reduce_plans(
+    plans: dict, dataset_json: dict, base_features: int, batch: int | None = None
+) -> dict:
     """nnU-Net's plans with ``features_per_stage`` = ``base * 2**stage`` (at most 320) in
-    every configuration, and medseg's plans keys added (``schema``, ``labels``,
-    ``channel_names``; nnU-Net ignores them). Patch and batch size stay nnU-Net's."""
+    every configuration, the 3d_fullres batch size set to ``batch`` (None: nnU-Net's),
+    and medseg's plans keys added (``schema``, ``labels``, ``channel_names``; nnU-Net
+    ignores them). The patch size stays nnU-Net's."""
     from medseg.core.records import PLANS_SCHEMA, stamp
     from medseg.inference.nnunet_model import nnunet_plans
 
@@ -88,6 +91,8 @@ def reduce_plans(plans: dict, dataset_json: dict, base_features: int) -> dict:
         if kwargs is not None:
             stages = range(kwargs["n_stages"])
             kwargs["features_per_stage"] = [min(base_features * 2**i, MAX_FEATURES) for i in stages]
+    if batch is not None:
+        out["configurations"][CONFIGURATION]["batch_size"] = int(batch)
     return stamp(nnunet_plans(out, dataset_json), PLANS_SCHEMA)
 
 
@@ -115,13 +120,16 @@ def _write_splits(cases: list[str], preprocessed: Path, raw: Path, out: Path) ->
     return json.loads(out.read_text())
 
 
-def prepare(dataset: Path, work: Path, cases: list[str], base_features: int, fold: int) -> Setup:
+def prepare(
+    dataset: Path, work: Path, cases: list[str], base_features: int, fold: int,
+    batch: int | None = None,
+) -> Setup:  # fmt: skip
     """Make the shared inputs in ``work`` (see the module docstring) for ``cases``."""
     root = work / "nnunet"
     raw = to_nnunet_raw(dataset, root / "nnUNet_raw", DATASET_ID, DATASET_NAME, cases=cases)
     oracle = run_nnunet(raw, root, configurations=(CONFIGURATION,))
     dataset_json = json.loads((oracle.preprocessed / "dataset.json").read_text())
-    plans = reduce_plans(oracle.plans, dataset_json, base_features)
+    plans = reduce_plans(oracle.plans, dataset_json, base_features, batch)
     text = json.dumps(plans, indent=1) + "\n"
     (work / "plans.json").write_text(text)
     (oracle.preprocessed / f"{oracle.plans['plans_name']}.json").write_text(text)
