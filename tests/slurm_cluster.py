@@ -38,7 +38,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +45,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from services import alive, free_ports, log_tails, terminate
 
 #: The partitions of pipelines/profiles/slurm (the gpu one without GPUs here).
 PARTITIONS = ("cpu", "gpu")
@@ -132,18 +133,6 @@ def node_definition() -> tuple[str, str]:
     return line.split()[0].split("=", 1)[1], line
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct TCP ports free on localhost now (bound, read, released)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def slurm_conf(root: Path, node_line: str, ports: list[int], munge_socket: Path) -> str:
     """slurm.conf text: this host as the only node, both partitions on it."""
     node = node_line.split()[0].split("=", 1)[1]
@@ -207,16 +196,7 @@ def srun_shim(conf: Path) -> str:
 
 def _alive(pid: int, root: Path) -> bool:
     """pid is still a process started for this cluster (its command line names root)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and f"{root}/" in cmdline
+    return alive(pid, f"{root}/")
 
 
 def _spawn(name: str, args: list[str], root: Path) -> subprocess.Popen:
@@ -233,13 +213,8 @@ def _spawn(name: str, args: list[str], root: Path) -> subprocess.Popen:
 
 
 def _log_tail(root: Path, lines: int = 15) -> str:
-    parts = []
-    for name in ("slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log", "munged.out"):
-        path = root / "log" / name
-        if path.exists():
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-            parts.append(f"--- {path}\n" + "\n".join(tail))
-    return "\n".join(parts)
+    names = ("slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log", "munged.out")
+    return log_tails((root / "log" / name for name in names), lines)
 
 
 def _wait_until(what: str, ready, root: Path, procs: dict, timeout: float) -> None:
@@ -360,15 +335,8 @@ def stop(root: Path, timeout: float = 20) -> list[str]:
     stopped = []
     for name in reversed(DAEMONS):
         pid = pids.get(name)
-        if not pid or not _alive(pid, root):
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid, root) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid, root):
-            os.kill(pid, signal.SIGKILL)
-        stopped.append(f"{name} ({pid})")
+        if pid and terminate(pid, f"{root}/", timeout):
+            stopped.append(f"{name} ({pid})")
     shutil.rmtree(record["socket_dir"], ignore_errors=True)
     record_path.unlink()
     return stopped

@@ -43,15 +43,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import slurm_cluster
+import torch
 import yaml
 from conftest import ROOT
+from services import unavailable
+from test_training import _train_cmd, tiny  # noqa: F401  (tiny: a module fixture)
 from test_workflow import _digest, snakemake, tiny_config
+
+from medseg.nets.checkpoint import load_checkpoint, model_weights
 
 PROFILE = ROOT / "pipelines" / "profiles" / "slurm"
 OVERLAY = ROOT / "pipelines" / "profiles" / "slurm-test"
@@ -96,9 +103,7 @@ IDENTICAL = (
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"SLURM test cluster unavailable in CI: {reason}")
-    pytest.skip(f"SLURM test cluster unavailable: {reason}")
+    unavailable("SLURM test cluster", reason)
 
 
 @pytest.fixture(scope="session")
@@ -208,7 +213,13 @@ def test_workflow_through_slurm_matches_the_local_run(
     for name in ("SLURM_CONF", "PATH"):
         monkeypatch.setenv(name, slurm.env()[name])
     profiles = ("--profile", str(PROFILE), "--profile", str(OVERLAY))
-    config = str(tiny_config(remote, demo_dataset))
+    config = tiny_config(remote, demo_dataset)
+    # a cluster's training keys: timed mid-epoch checkpoints (about 1 s here) must not
+    # change the weights; retries: a training job stopped by a time limit starts again
+    cluster = yaml.safe_load(config.read_text())
+    cluster["training"].update(checkpoint_minutes=0.02, retries=2)
+    config.write_text(yaml.safe_dump(cluster))
+    config = str(config)
     started = time.monotonic()
     result = snakemake(remote, *profiles, "--configfile", config)
     slurm_seconds = time.monotonic() - started
@@ -229,6 +240,9 @@ def test_workflow_through_slurm_matches_the_local_run(
     )
     for job in jobs:  # the plugin's log of each job, kept (slurm-keep-successful-logs)
         assert list((remote / ".snakemake" / "slurm_logs").rglob(f"{job['id']}.log")), job
+    train_logs = list((remote / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
+    assert len(train_logs) == 2
+    assert all("--checkpoint-minutes 0.02" in x.read_text() for x in train_logs)
 
     # the same results: bit-identical where the outputs hold no times or paths
     a, b = local / "out", remote / "out"
@@ -254,3 +268,48 @@ def test_workflow_through_slurm_matches_the_local_run(
     text = result.stdout + result.stderr
     assert result.returncode != 0
     assert "--gpus=1" in text and "Invalid generic resource (gres) specification" in text
+
+
+def _state_of(slurm, job: str) -> str:
+    """``STATE EXIT_CODE`` of a finished job (scontrol; the cluster keeps it an hour)."""
+    out = slurm.run("scontrol", "show", "job", job).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return f"{fields.get('JobState')} {fields.get('ExitCode')}"
+
+
+@pytest.mark.slow
+def test_time_limit_stops_training_and_a_rerun_finishes_it_identically(slurm, tiny, tmp_path):  # noqa: F811
+    """A training job with a 1-minute limit: SLURM sends SIGTERM at the limit, medseg
+    checkpoints mid-epoch and exits 75; the same job again with --resume finishes, and
+    its weights equal, bit for bit, those of a run never stopped (made meanwhile)."""
+    root, _, _ = tiny
+    args = ("--iterations", "2000")  # 2 epochs: about 2-4 min
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.Popen(
+        _train_cmd(root, tmp_path / "whole", 2, *args), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    command = " ".join(shlex.quote(a) for a in _train_cmd(root, tmp_path / "cut", 2, *args))
+    sbatch = ("sbatch", "--parsable", "-p", "gpu", "-c", "1", "--mem", "1500", "-D", str(tmp_path))
+
+    def submit(limit: int, log: str, *extra: str) -> str:
+        options = (*sbatch, "-t", str(limit), "-o", log)
+        wrap = f"exec env OMP_NUM_THREADS=1 {command} {' '.join(extra)}"
+        return slurm.run(*options, "--wrap", wrap).stdout.strip()
+
+    first = submit(1, "first.out")
+    assert _wait_for(slurm, first, timeout=240) == "TIMEOUT", (tmp_path / "first.out").read_text()
+    said = (tmp_path / "first.out").read_text()
+    assert "stopped:" in said and "--resume" in said and "Traceback" not in said, said
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint_latest.safetensors")[1]["state"]
+    assert state["cursor"] is not None, "stopped at an epoch end: the test needs a longer run"
+    second = submit(10, "second.out", "--resume")
+    assert _wait_for(slurm, second, timeout=480) == "COMPLETED", (
+        tmp_path / "second.out"
+    ).read_text()
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    whole = model_weights(load_checkpoint(tmp_path / "whole" / "checkpoint_final.safetensors")[0])
+    cut = model_weights(load_checkpoint(tmp_path / "cut" / "checkpoint_final.safetensors")[0])
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    print(f"first job {_state_of(slurm, first)}, stopped at {state['cursor']['epoch']}/"
+          f"{state['cursor']['next_iteration']}; second {_state_of(slurm, second)}")  # fmt: skip

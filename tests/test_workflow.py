@@ -308,13 +308,19 @@ def test_workflow_lint_is_clean(tmp_path):
 
 
 def test_slurm_profile_dry_run(demo_dataset, tmp_path):
+    """The slurm profile plans the jobs (with a cluster's training keys: the SLURM run in
+    test_slurm.py shows they reach medseg train)."""
+    path = tiny_config(tmp_path, demo_dataset)
+    config = yaml.safe_load(path.read_text())
+    config["training"].update(checkpoint_minutes=20, retries=4)
+    path.write_text(yaml.safe_dump(config))
     result = snakemake(
         tmp_path,
         "-n",
         "--profile",
         str(ROOT / "pipelines/profiles/slurm"),
         "--configfile",
-        str(tiny_config(tmp_path, demo_dataset)),
+        str(path),
         "--config",
         "device=cuda",
     )

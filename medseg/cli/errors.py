@@ -8,6 +8,8 @@ Exit codes of every ``medseg`` command:
 * 2: bad usage or input (a path, a permission, a full disk, a broken model
   folder, record or config): nothing was done, or what was done is intact;
 * 3: an internal error (a bug): the traceback is in a file named in the message;
+* 75: ``train`` stopped by SIGTERM/SIGUSR1 (a cluster's time limit or preemption) after
+  writing its checkpoint: the same command with ``--resume`` continues it;
 * 130: interrupted (Ctrl-C).
 """
 
@@ -21,6 +23,7 @@ from medseg.core.errors import MedsegError
 EXIT_FAILED = 1
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_STOPPED = 75  # sysexits' EX_TEMPFAIL: try again (with --resume)
 EXIT_INTERRUPTED = 130
 
 #: What to do about common operating-system errors.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
 from pathlib import Path
 
 from medseg.cli.console import add_command, err, out
+from medseg.cli.errors import EXIT_STOPPED
 from medseg.cli.validate import add_validation_options, fold_arg, read_fold_inputs, validate
 
 HELP = "train one planned configuration on one cross-validation fold"
@@ -15,9 +18,14 @@ nnU-Net v2's recipe: the U-Net the plans describe (deep supervision), Dice + CE,
 SGD with Nesterov momentum 0.99, learning rate 0.01 with polynomial decay,
 foreground oversampling and nnU-Net's augmentation (on the GPU when training on
 CUDA). A checkpoint is written atomically after every epoch: a killed run loses
-at most the epoch in progress, and --resume continues it exactly. After
-training, the fold's validation cases are predicted on whole volumes (sliding
-window) and mapped back to their original geometry, with Dice per class.
+at most the epoch in progress, and --resume continues it exactly. SIGTERM or
+SIGUSR1 (a cluster's time limit or preemption; SLURM: --signal=USR1@120) stops
+training at the next iteration with a checkpoint of the epoch so far (exit code
+75); --resume continues mid-epoch with the same result as a run never stopped.
+--checkpoint-minutes N also writes that checkpoint every N minutes, for clusters
+that kill without warning. After training, the fold's validation cases are
+predicted on whole volumes (sliding window) and mapped back to their original
+geometry, with Dice per class.
 
 MODEL_DIR receives checkpoint_{latest,best,final}.safetensors,
 training_log.jsonl (one line per epoch), progress.png and validation/.
@@ -27,6 +35,7 @@ Examples:
       -o models/3d_fullres/fold_0
   medseg train ... --device cpu --epochs 5 --iterations 20          # a short CPU run
   medseg train ... --resume                                          # continue after a crash
+  medseg train ... --resume --checkpoint-minutes 15         # on a cluster that preempts
   medseg train ... --no-validation                                  # validate later:
   medseg validate pre/3d_fullres plans.json splits.json --fold 0 -o models/3d_fullres/fold_0
 """
@@ -52,6 +61,13 @@ def add_parser(sub) -> None:
         help="data-loading processes (default: %(default)s)",
     )
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=_positive_minutes,
+        metavar="N",
+        help="also checkpoint mid-epoch every N minutes (default: at epoch ends and on "
+        "SIGTERM/SIGUSR1 only)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     when = p.add_mutually_exclusive_group()
@@ -63,10 +79,35 @@ def add_parser(sub) -> None:
     )
 
 
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
+
+
+def stop_on_signals() -> threading.Event:
+    """A flag that SIGTERM and SIGUSR1 set (instead of ending the process): training
+    checks it after every iteration, checkpoints and stops."""
+    flag = threading.Event()
+
+    def handler(signum, _frame) -> None:
+        flag.set()
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+    return flag
+
+
 def run(args: argparse.Namespace) -> int:
     plans, splits = read_fold_inputs(args)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from medseg.training.interrupt import StopPolicy, TrainingStopped
     from medseg.training.loop import TrainSettings, train
 
     settings = TrainSettings(
@@ -106,18 +147,26 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if not args.validation_only:
-        with bar:
-            train(
-                plans,
-                splits,
-                args.preprocessed,
-                args.output,
-                settings,
-                resume=args.resume,
-                previous=args.previous,
-                on_iteration=on_iteration,
-                on_epoch=on_epoch,
-            )
+        flag = stop_on_signals()
+        minutes = args.checkpoint_minutes
+        stop = StopPolicy(flag.is_set, None if minutes is None else minutes * 60)
+        try:
+            with bar:
+                train(
+                    plans,
+                    splits,
+                    args.preprocessed,
+                    args.output,
+                    settings,
+                    resume=args.resume,
+                    previous=args.previous,
+                    on_iteration=on_iteration,
+                    on_epoch=on_epoch,
+                    stop=stop,
+                )
+        except TrainingStopped as stopped:
+            err.print(f"stopped: {stopped}", highlight=False, soft_wrap=True)
+            return EXIT_STOPPED
     if args.no_validation:
         return 0
     return validate(args, plans, splits)

@@ -8,6 +8,7 @@ limits a fast GPU.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,28 +91,42 @@ def with_previous(image, label, spec: BatchSpec, epoch: int, it: int):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, iteration)`` for the iterations of one epoch."""
+    """Yields ``(epoch, iteration)`` for the iterations ``start..iterations-1`` of one
+    epoch (``start`` > 0: an epoch resumed where it was stopped)."""
 
-    def __init__(self, epoch: int, iterations: int):
-        self.epoch, self.iterations = epoch, iterations
+    def __init__(self, epoch: int, iterations: int, start: int = 0):
+        self.epoch, self.iterations, self.start = epoch, iterations, start
 
     def __iter__(self):
-        return ((self.epoch, i) for i in range(self.iterations))
+        return ((self.epoch, i) for i in range(self.start, self.iterations))
 
     def __len__(self) -> int:
-        return self.iterations
+        return self.iterations - self.start
 
 
-def epoch_loader(spec: BatchSpec, epoch: int, iterations: int, workers: int, pin: bool):
-    """A DataLoader over one epoch's batches (``workers`` processes, 0 = in process)."""
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """In a loader worker: SIGTERM/SIGUSR1 are for the training process, which stops at
+    the next iteration boundary and ends its workers itself (a worker killed first would
+    make the next batch fail before the checkpoint)."""
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def epoch_loader(
+    spec: BatchSpec, epoch: int, iterations: int, workers: int, pin: bool, start: int = 0
+):
+    """A DataLoader over one epoch's batches from iteration ``start`` (``workers``
+    processes, 0 = in process)."""
     return torch.utils.data.DataLoader(
         EpochBatches(spec),
         batch_size=None,
-        sampler=EpochSampler(epoch, iterations),
+        sampler=EpochSampler(epoch, iterations, start),
         num_workers=workers,
         pin_memory=pin,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
 
 

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +27,21 @@ from medseg.core.layout import Checkpoint, FoldDir
 from medseg.core.plans import Configuration, Plans
 from medseg.io.preprocessed import case_ids, require_previous
 from medseg.nets.checkpoint import (
-    load_checkpoint,
-    load_weights,
-    model_weights,
-    restore_optimizer,
     save_checkpoint,
 )
 from medseg.nets.device import resolve_device
 from medseg.planning.splits import fold_cases
 from medseg.training.augment import settings_for_patch
 from medseg.training.cascade import CascadeAugmentSettings
+from medseg.training.interrupt import Cursor, Stopper, StopPolicy
 from medseg.training.loader import (
     VALIDATION_STREAM,
     BatchSpec,
     epoch_loader,
     finish_on_device,
 )
-from medseg.training.logs import plot_history, write_history
 from medseg.training.model import build_loss, build_model
+from medseg.training.run_state import finish_epoch, start_point, state_document
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +112,28 @@ def _train_step(run: _Run, image, label) -> float:
     return float(loss.detach())
 
 
-def _train_epoch(run: _Run, epoch: int, on_iteration) -> tuple[float, float]:
+def _train_epoch(
+    run: _Run, epoch: int, on_iteration, cursor: Cursor | None, stop: Stopper
+) -> tuple[float, float]:
+    """Train one epoch from ``cursor`` (a stopped epoch) or its start; return the mean
+    loss and iterations per second. After every iteration ``stop`` may checkpoint or stop."""
     run.model.train()
     s = run.settings
-    losses = []
+    first = cursor.next_iteration if cursor else 0
+    losses = list(cursor.losses) if cursor else []
+    before = cursor.seconds if cursor else 0.0
     start = time.perf_counter()
     pin = run.device.type == "cuda"
-    for it, (image, label) in enumerate(
-        epoch_loader(run.train_spec, epoch, s.iterations, s.workers, pin)
-    ):
+    batches = epoch_loader(run.train_spec, epoch, s.iterations, s.workers, pin, start=first)
+    for it, (image, label) in enumerate(batches, start=first):
         image, label = finish_on_device(image, label, run.train_spec, epoch, it, run.device)
         losses.append(_train_step(run, image, label))
         if on_iteration:
             on_iteration(epoch, it, losses[-1])
-    return float(np.mean(losses)), s.iterations / (time.perf_counter() - start)
+        if it + 1 < s.iterations:
+            seconds = before + time.perf_counter() - start
+            stop.after_iteration(Cursor(epoch, it + 1, tuple(losses), seconds))
+    return float(np.mean(losses)), s.iterations / (before + time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -231,62 +236,27 @@ def _build_run(
     )
 
 
-def _state(run: _Run, epoch: int, history: list[dict], best: float | None) -> dict:
+def _record(run: _Run, epoch: int, history: list[dict], t0: float, trained, validated) -> dict:
+    """One line of training_log.jsonl."""
+    (train_loss, its), (val_loss, dice) = trained, validated
+    mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
+    ema = (
+        mean_dice
+        if not history
+        else EMA_DECAY * history[-1]["ema_pseudo_dice"] + (1 - EMA_DECAY) * mean_dice
+    )
     return {
         "epoch": epoch,
-        "cases": {"train": list(run.train_spec.case_ids), "val": list(run.val_spec.case_ids)},
-        "history": history,
-        "best_ema_pseudo_dice": best,
-        "settings": {**asdict(run.settings)},
-        "configuration": dict(run.config.raw),
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "epochs": run.settings.epochs,  # planned: medseg status's ETA
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "pseudo_dice": dice,
+        "pseudo_dice_mean": mean_dice,
+        "ema_pseudo_dice": ema,
+        "learning_rate": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": time.perf_counter() - t0,
+        "iterations_per_second": its,
     }
-
-
-def _resume(run: _Run, out: FoldDir) -> tuple[int, list[dict], float | None]:
-    tensors, document = load_checkpoint(out.checkpoint(Checkpoint.LATEST))
-    state = document["state"]
-    cases = {"train": list(run.train_spec.case_ids), "val": list(run.val_spec.case_ids)}
-    if state.get("configuration") != dict(run.config.raw) or state.get("cases") != cases:
-        raise _Stale()
-    saved = {k: v for k, v in state["settings"].items() if k not in ("epochs", "workers", "device")}
-    now = {
-        k: v for k, v in asdict(run.settings).items() if k not in ("epochs", "workers", "device")
-    }
-    if saved != now:
-        changed = sorted(k for k in now if saved.get(k) != now[k])
-        raise TrainingError(
-            f"{out.root}: cannot resume with different settings ({', '.join(changed)}); resume "
-            "with the settings of the first run, or train into another folder"
-        )
-    load_weights(run.model, model_weights(tensors))
-    restore_optimizer(run.optimizer, tensors, document)
-    if run.scaler is not None and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    log.info("resuming %s after epoch %d", out.root, state["epoch"])
-    return state["epoch"] + 1, state["history"], state["best_ema_pseudo_dice"]
-
-
-class _Stale(Exception):
-    """The latest checkpoint belongs to other plans or another split."""
-
-
-def _finish_epoch(run: _Run, out: FoldDir, epoch: int, history: list[dict], best):
-    record = history[-1]
-    improved = best is None or record["ema_pseudo_dice"] > best
-    if improved:
-        best = record["ema_pseudo_dice"]
-        record["new_best"] = True
-        save_checkpoint(out.checkpoint(Checkpoint.BEST), run.model, _state(run, epoch, [], best))
-    save_checkpoint(
-        out.checkpoint(Checkpoint.LATEST),
-        run.model,
-        _state(run, epoch, history, best),
-        run.optimizer,
-    )
-    write_history(out.training_log, history)
-    plot_history(out.progress, history, f"{run.settings.configuration} fold {run.settings.fold}")
-    return best
 
 
 def train(
@@ -300,68 +270,45 @@ def train(
     previous: Path | None = None,
     on_iteration: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    stop: StopPolicy | None = None,
 ) -> dict:
     """Train ``settings.configuration`` fold ``settings.fold``; return the last epoch's record.
 
     ``out`` receives checkpoint_latest/best/final.safetensors, training_log.jsonl
     and progress.png. Without ``resume``, an existing checkpoint is an error
-    (nothing is overwritten by accident); with it, training continues from it
-    (or starts, if there is none; or starts over, if the checkpoint was made with
-    other plans or another split, which is then kept as ``.stale``). A cascade stage
-    needs ``previous``: the previous stage's CV segmentations (``medseg previous-stage``).
+    (nothing is overwritten by accident); with it, training continues from it, also
+    in the middle of an epoch (or starts, if there is none; or starts over, if the
+    checkpoint was made with other plans or another split, which is then kept as
+    ``.stale``). A cascade stage needs ``previous``: the previous stage's CV
+    segmentations (``medseg previous-stage``). ``stop``: when to write mid-epoch
+    checkpoints and when to stop (:mod:`medseg.training.interrupt`; raises
+    :class:`~medseg.training.interrupt.TrainingStopped` after the checkpoint).
     """
     run = _build_run(Plans.of(plans), splits, Path(preprocessed), settings, previous)
     folder = FoldDir(Path(out))
     Path(out).mkdir(parents=True, exist_ok=True)
-    latest = folder.checkpoint(Checkpoint.LATEST)
-    start, history, best = 0, [], None
-    if latest.exists():
-        if not resume:
-            raise TrainingError(
-                f"{out} already holds a training run; pass --resume to continue "
-                "it, or choose another output folder"
-            )
-        try:
-            start, history, best = _resume(run, folder)
-        except _Stale:
-            stale = latest.with_suffix(".stale")
-            latest.replace(stale)
-            log.warning(
-                "%s: the checkpoint was made with other plans or another split; it was "
-                "set aside as %s and training starts over",
-                out,
-                stale.name,
-            )
+    start, history, best, cursor = start_point(run, folder, resume)
+
+    def save_cursor(c: Cursor) -> None:
+        state = state_document(run, c.epoch - 1, history, best, c)
+        save_checkpoint(folder.checkpoint(Checkpoint.LATEST), run.model, state, run.optimizer)
+
+    stopper = Stopper(stop or StopPolicy(), save_cursor, out)
     for epoch in range(start, settings.epochs):
         for group in run.optimizer.param_groups:
             group["lr"] = poly_lr(settings.initial_lr, epoch, settings.epochs)
         t0 = time.perf_counter()
-        train_loss, its = _train_epoch(run, epoch, on_iteration)
-        val_loss, dice = _validate_epoch(run, epoch)
-        mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
-        ema = (
-            mean_dice
-            if not history
-            else EMA_DECAY * history[-1]["ema_pseudo_dice"] + (1 - EMA_DECAY) * mean_dice
-        )
-        history.append(
-            {
-                "epoch": epoch,
-                "epochs": settings.epochs,  # planned: medseg status's ETA
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "pseudo_dice": dice,
-                "pseudo_dice_mean": mean_dice,
-                "ema_pseudo_dice": ema,
-                "learning_rate": run.optimizer.param_groups[0]["lr"],
-                "epoch_seconds": time.perf_counter() - t0,
-                "iterations_per_second": its,
-            }
-        )
-        best = _finish_epoch(run, folder, epoch, history, best)
+        trained = _train_epoch(run, epoch, on_iteration, cursor, stopper)
+        cursor = None
+        history.append(_record(run, epoch, history, t0, trained, _validate_epoch(run, epoch)))
+        best = finish_epoch(run, folder, epoch, history, best)
         if on_epoch:
             on_epoch(history[-1])
+        if epoch + 1 < settings.epochs:
+            stopper.after_epoch(epoch + 1)
     save_checkpoint(
-        folder.checkpoint(Checkpoint.FINAL), run.model, _state(run, settings.epochs - 1, [], best)
+        folder.checkpoint(Checkpoint.FINAL),
+        run.model,
+        state_document(run, settings.epochs - 1, [], best),
     )
     return history[-1] if history else {}

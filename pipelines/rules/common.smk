@@ -48,6 +48,11 @@ def previous_arg(wildcards, input):
     return f"--previous {shlex.quote(os.path.dirname(input.previous[0]))}" if input.previous else ""
 
 
+def checkpoint_arg(wildcards):
+    minutes = config["training"].get("checkpoint_minutes")
+    return "" if minutes is None else f"--checkpoint-minutes {minutes}"
+
+
 def previous_stage_folds(wildcards):
     """Every fold validation of the previous stage of cascade stage `config`."""
     previous = planned_stages()["previous"][wildcards.config]

@@ -1,5 +1,9 @@
 # Stage 4: train each configuration and fold, then predict and score its validation
-# cases. --resume: a rerun after an interruption continues from the last finished epoch.
+# cases. --resume: a rerun after an interruption (a crash, a cluster's time limit, a
+# preemption) continues from the last checkpoint: the last finished epoch, or the
+# iteration where SIGTERM/SIGUSR1 stopped it (exit code 75), or the last timed
+# checkpoint (training.checkpoint_minutes). training.retries: how often Snakemake
+# starts a failed training job again.
 
 
 rule train:
@@ -16,6 +20,7 @@ rule train:
         device=config["device"],
         t=config["training"],
         previous=previous_arg,
+        checkpoint=checkpoint_arg,
     log:
         R.log("train_{config}_fold_{fold}"),
     benchmark:
@@ -23,6 +28,7 @@ rule train:
     conda:
         MEDSEG_ENV
     threads: config["training"]["threads"]
+    retries: config["training"].get("retries")
     resources:
         mem_mb=config["training"]["mem_mb"],
         runtime=config["training"]["runtime"],
@@ -34,6 +40,7 @@ rule train:
         "--epochs {params.t[epochs]} --iterations {params.t[iterations]} "
         "--val-iterations {params.t[val_iterations]} --seed {params.t[seed]} "
         "--workers {params.t[workers]} --no-validation --resume {params.previous} "
+        "{params.checkpoint} "
         "> {log:q} 2>&1"
 
 
