@@ -80,11 +80,29 @@ slurm-up: slurm-tools
 slurm-down:
 	$(PYTHON) tests/slurm_cluster.py down $(SLURM_DIR)
 
+# Debian's orthanc + orthanc-dicomweb: the private PACS of tests/orthanc_server.py (the
+# tests start their own, with their own config and ports; /etc/orthanc is never read;
+# where systemd runs, Debian also starts a system Orthanc on 4242/8042: ours avoids those)
+ORTHANC_PACKAGES := orthanc orthanc-dicomweb
+.PHONY: orthanc-tools
+orthanc-tools:
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v Orthanc >/dev/null && \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -qq --no-install-recommends $(ORTHANC_PACKAGES) >/dev/null 2>&1 || \
+			{ apt-get update -qq && \
+			  apt-get install -y -qq --no-install-recommends $(ORTHANC_PACKAGES) >/dev/null; }; \
+		elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+			sudo apt-get install -y -qq --no-install-recommends $(ORTHANC_PACKAGES) >/dev/null; \
+		else \
+			echo "note: install orthanc and orthanc-dicomweb to run the PACS tests"; \
+		fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check medseg tests datasets benchmarks
 	$(BIN)/ruff format --check medseg tests datasets benchmarks
 
-test: lint tools slurm-tools
+test: lint tools slurm-tools orthanc-tools
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
