@@ -42,17 +42,21 @@ demo-cascade: $(STAMP) $(CASCADE_DATA)/dataset.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile pipelines/profiles/local \
 		--cores 2 --configfile pipelines/config/demo_cascade.yaml
 
-# dciodvfy (Debian's dicom3tools) validates the DICOM-SEG files in the tests
+# dciodvfy (Debian's dicom3tools) validates the DICOM-SEG and RTSTRUCT files in the tests;
+# plastimatch (Debian's plastimatch) reads the RTSTRUCT back into masks, independently of medseg
 tools:
-	@command -v dciodvfy >/dev/null || { \
+	@set -e; for tool in dciodvfy:dicom3tools plastimatch:plastimatch; do \
+		cmd=$${tool%%:*}; pkg=$${tool#*:}; \
+		command -v $$cmd >/dev/null && continue; \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-			apt-get install -y -qq dicom3tools >/dev/null 2>&1 || \
-			{ apt-get update -qq && apt-get install -y -qq dicom3tools >/dev/null; }; \
+			apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null; }; \
 		elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
-			sudo apt-get install -y -qq dicom3tools >/dev/null; \
+			sudo apt-get install -y -qq $$pkg >/dev/null; \
 		else \
-			echo "note: install dicom3tools (dciodvfy) to run the DICOM-SEG checks"; \
-		fi; }
+			echo "note: install $$pkg ($$cmd) to run the DICOM-SEG and RTSTRUCT checks"; \
+		fi; \
+	done
 
 # Debian's slurm-wlm + munge: the one-node SLURM test cluster of tests/slurm_cluster.py
 # (tests/test_slurm.py starts its own; slurm-up / slurm-down one for trying the slurm

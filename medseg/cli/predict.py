@@ -10,12 +10,15 @@ from medseg.core.errors import UsageError
 from medseg.core.layout import PredictionDir
 from medseg.core.options import Blend, Engine, OutputFormat, values
 
-HELP = "segment volumes or DICOM series with a trained model (NIfTI and DICOM-SEG out)"
+HELP = "segment volumes or DICOM series with a trained model (NIfTI, DICOM-SEG, RTSTRUCT out)"
 EPILOG = """\
 INPUT may be volume files (.nii.gz, .nii, .nrrd, .mha), DICOM series folders, or
 folders of many studies: every DICOM series found below them is one case. Each
 label map has the input's own geometry (same shape and affine; for DICOM, the
-series' geometry); DICOM inputs also get a DICOM-SEG referencing the series.
+series' geometry); DICOM inputs also get a DICOM-SEG referencing the series and,
+with --formats rtstruct, an RTSTRUCT: one ROI of closed planar contours per label
+(for radiotherapy planning systems; a label absent from the scan is an ROI with no
+contours). Volume-file inputs get neither: those formats are skipped for them.
 
 Outputs are written atomically, and never over an input: an OUTDIR inside an
 input folder, or an output that would replace an input file, is refused before
@@ -61,6 +64,7 @@ Examples:
   medseg predict -m models/hippocampus -i /pacs/export/ -o out/ --skip-existing
   medseg predict -m nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres \\
       -i /data/study1 -o out/ --formats nifti dicom-seg probabilities --folds 0 1
+  medseg predict -m models/hippocampus -i /data/study1 -o out/ --formats nifti rtstruct
 """
 
 
@@ -86,7 +90,7 @@ def add_parser(sub) -> None:
         nargs="+",
         default=[OutputFormat.NIFTI.value, OutputFormat.DICOM_SEG.value],
         choices=values(OutputFormat),
-        help="outputs (default: nifti dicom-seg; dicom-seg only for DICOM inputs)",
+        help="outputs (default: nifti dicom-seg; dicom-seg and rtstruct only for DICOM inputs)",
     )
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default: 4)")
     p.add_argument(

@@ -52,6 +52,10 @@ class DicomSegError(MedsegError, ValueError):
     """A DICOM-SEG cannot be written or read for these images."""
 
 
+class RtStructError(MedsegError, ValueError):
+    """An RTSTRUCT cannot be written for these images and labels."""
+
+
 class RecordError(MedsegError, ValueError):
     """A record file is missing, malformed, or of the wrong kind or version."""
 

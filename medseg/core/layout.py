@@ -119,6 +119,9 @@ class PredictionDir:
     def dicom_seg(self, case_id: str) -> Path:
         return Path(self.root) / f"{case_id}.seg.dcm"
 
+    def rtstruct(self, case_id: str) -> Path:
+        return Path(self.root) / f"{case_id}.rtstruct.dcm"
+
     def probabilities(self, case_id: str) -> Path:
         return Path(self.root) / f"{case_id}_probabilities.b2nd"
 

@@ -36,6 +36,7 @@ class OutputFormat(str, Enum):
     NIFTI = "nifti"
     DICOM_SEG = "dicom-seg"
     PROBABILITIES = "probabilities"
+    RTSTRUCT = "rtstruct"
 
 
 class ConfigurationName(str, Enum):

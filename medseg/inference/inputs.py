@@ -239,6 +239,8 @@ def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
         paths[OutputFormat.DICOM_SEG.value] = folder.dicom_seg(case.case_id)
     if OutputFormat.PROBABILITIES in formats:
         paths[OutputFormat.PROBABILITIES.value] = folder.probabilities(case.case_id)
+    if OutputFormat.RTSTRUCT in formats and case.is_dicom:
+        paths[OutputFormat.RTSTRUCT.value] = folder.rtstruct(case.case_id)
     return paths
 
 

@@ -200,7 +200,7 @@ def _predict_case(bundle, job: CaseJob, options, progress) -> None:
 
 
 def _write_case(bundle, job: CaseJob) -> None:
-    """Write the label map as NIfTI and DICOM-SEG, each atomically."""
+    """Write the label map as NIfTI, DICOM-SEG and RTSTRUCT, each atomically."""
     from medseg.io.volumes import write_volume
 
     label, series, job.label, job.series = job.label, job.series, None, None
@@ -210,6 +210,10 @@ def _write_case(bundle, job: CaseJob) -> None:
         from medseg.io.dicom_seg import write_dicom_seg
 
         write_dicom_seg(label.array, series, bundle.label_names, job.paths[OutputFormat.DICOM_SEG])
+    if OutputFormat.RTSTRUCT in job.paths:
+        from medseg.io.rtstruct import write_rtstruct
+
+        write_rtstruct(label.array, series, bundle.label_names, job.paths[OutputFormat.RTSTRUCT])
 
 
 def case_stages(bundle, options, progress) -> Stages[CaseJob]:
