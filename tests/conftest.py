@@ -135,3 +135,38 @@ def demo_models(tmp_path_factory, demo_dataset):
             validate_fold(out, plans, splits, root / "pre" / config, checked, dataset=demo_dataset)
             checkpoints.setdefault(config, {})[fold] = out / "checkpoint_final.safetensors"
     return root, plans, splits, checkpoints
+
+
+@pytest.fixture(scope="session")
+def untrained_model(hippocampus, tmp_path_factory) -> Path:
+    """A tiny untrained 3d_fullres model folder planned on 4 Hippocampus cases (MR, 3
+    labels): random weights (seeded) give a noisy, non-empty label map on the real MR
+    series, in seconds (no training)."""
+    import torch
+
+    from medseg.dataset import load_dataset
+    from medseg.dataset.layout import DatasetSpec
+    from medseg.fingerprint.extract import extract_fingerprint
+    from medseg.inference.bundle import export_model
+    from medseg.nets.checkpoint import save_checkpoint
+    from medseg.nets.unet import build_network
+    from medseg.planning.planner import PlannerSettings, plan_experiment
+
+    root = tmp_path_factory.mktemp("rtstruct_model")
+    full = load_dataset(hippocampus)
+    spec = DatasetSpec(**{**full.__dict__, "training": full.training[:4]})
+    tiny = PlannerSettings(
+        gpu_memory_gb=0.5,
+        base_features=4,
+        configurations=("3d_fullres",),
+        patch_size={"3d_fullres": (32, 32, 32)},
+    )
+    plans = plan_experiment(extract_fingerprint(spec), tiny)
+    config = plans["configurations"]["3d_fullres"]
+    torch.manual_seed(0)
+    network = build_network(config["architecture"], 1, len(plans["labels"]))
+    save_checkpoint(root / "weights.safetensors", network, {"configuration": config})
+    members = [{"configuration": "3d_fullres", "folds": [0]}]
+    return export_model(
+        root / "model", plans, members, {"3d_fullres": {0: root / "weights.safetensors"}}
+    )

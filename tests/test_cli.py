@@ -20,13 +20,14 @@ def test_help_teaches_every_command():
 
     actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     names = list(actions[0].choices)
-    assert len(names) == 18 and {
+    assert len(names) == 19 and {
         "predict",
         "select",
         "export",
         "curves",
         "previous-stage",
         "status",
+        "serve",
     } <= set(names)
     for command in names:
         assert command in result.stdout

@@ -20,12 +20,12 @@ from dicom_tools import dciodvfy_errors, dciodvfy_warnings
 from skimage.draw import polygon2mask
 
 from medseg.core.errors import RtStructError
+from medseg.core.palette import PALETTE
 from medseg.inference.bundle import load_model
 from medseg.io import read_dicom_series, read_volume
 from medseg.io.dicom_geometry import stack_slices
 from medseg.io.dicom_series import SeriesInfo
 from medseg.io.rtstruct import (
-    PALETTE,
     RtStructMetadata,
     index_to_patient,
     mask_contours,
@@ -310,40 +310,6 @@ def test_label_map_that_does_not_fit_is_refused(mr_rtstruct, tmp_path):
 
 
 # ---------------------------------------------------------------- medseg predict
-
-
-@pytest.fixture(scope="module")
-def untrained_model(hippocampus, tmp_path_factory) -> Path:
-    """A tiny untrained 3d_fullres model planned on 4 Hippocampus cases (MR, 3 labels); its
-    random weights (seeded) give a noisy label map: many contours."""
-    import torch
-
-    from medseg.dataset import load_dataset
-    from medseg.dataset.layout import DatasetSpec
-    from medseg.fingerprint.extract import extract_fingerprint
-    from medseg.inference.bundle import export_model
-    from medseg.nets.checkpoint import save_checkpoint
-    from medseg.nets.unet import build_network
-    from medseg.planning.planner import PlannerSettings, plan_experiment
-
-    root = tmp_path_factory.mktemp("rtstruct_model")
-    full = load_dataset(hippocampus)
-    spec = DatasetSpec(**{**full.__dict__, "training": full.training[:4]})
-    tiny = PlannerSettings(
-        gpu_memory_gb=0.5,
-        base_features=4,
-        configurations=("3d_fullres",),
-        patch_size={"3d_fullres": (32, 32, 32)},
-    )
-    plans = plan_experiment(extract_fingerprint(spec), tiny)
-    config = plans["configurations"]["3d_fullres"]
-    torch.manual_seed(0)
-    network = build_network(config["architecture"], 1, len(plans["labels"]))
-    save_checkpoint(root / "weights.safetensors", network, {"configuration": config})
-    members = [{"configuration": "3d_fullres", "folds": [0]}]
-    return export_model(
-        root / "model", plans, members, {"3d_fullres": {0: root / "weights.safetensors"}}
-    )
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from medseg.cli import (
     previous_stage,
     qc,
     select,
+    serve,
     split,
     status,
     summary,
@@ -48,6 +49,7 @@ COMMANDS = (
     qc,
     summary,
     status,
+    serve,
 )
 
 DESCRIPTION = """\
@@ -73,6 +75,7 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg evaluate predictions/ labels/          Dice, HD95, NSD per class and case
   medseg status results/NAME                    each training job's epoch, Dice, time left
   medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/
+  medseg serve serve.yaml                       a DICOM node: C-STORE in, DICOM-SEG back
 
 Run 'medseg COMMAND --help' for the options of each command.
 
