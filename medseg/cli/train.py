@@ -23,7 +23,11 @@ SIGUSR1 (a cluster's time limit or preemption; SLURM: --signal=USR1@120) stops
 training at the next iteration with a checkpoint of the epoch so far (exit code
 75); --resume continues mid-epoch with the same result as a run never stopped.
 --checkpoint-minutes N also writes that checkpoint every N minutes, for clusters
-that kill without warning. After training, the fold's validation cases are
+that kill without warning. --gpus N trains data-parallel on N GPUs of this node
+(nnU-Net's scheme: the plans' batch split over the GPUs, Dice over the whole
+batch, one process per GPU; rank 0 writes the checkpoints and logs; a signal to
+any process stops all of them together). With --device cpu, --gpus N runs N CPU
+processes instead: for testing only. After training, the fold's validation cases are
 predicted on whole volumes (sliding window) and mapped back to their original
 geometry, with Dice per class.
 
@@ -36,6 +40,7 @@ Examples:
   medseg train ... --device cpu --epochs 5 --iterations 20          # a short CPU run
   medseg train ... --resume                                          # continue after a crash
   medseg train ... --resume --checkpoint-minutes 15         # on a cluster that preempts
+  medseg train ... --device cuda --gpus 4                    # one fold on 4 GPUs of a node
   medseg train ... --no-validation                                  # validate later:
   medseg validate pre/3d_fullres plans.json splits.json --fold 0 -o models/3d_fullres/fold_0
 """
@@ -68,7 +73,19 @@ def add_parser(sub) -> None:
         help="also checkpoint mid-epoch every N minutes (default: at epoch ends and on "
         "SIGTERM/SIGUSR1 only)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    p.add_argument(
+        "--gpus",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="data-parallel training on N GPUs of this node (default: 1); with --device cpu, "
+        "N CPU processes (for testing)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: all cores; with --gpus, per process)",
+    )
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--no-validation", action="store_true", help="skip the final fold validation")
@@ -86,6 +103,16 @@ def _positive_minutes(text: str) -> float:
         value = float("nan")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
     return value
 
 
@@ -150,20 +177,21 @@ def run(args: argparse.Namespace) -> int:
         flag = stop_on_signals()
         minutes = args.checkpoint_minutes
         stop = StopPolicy(flag.is_set, None if minutes is None else minutes * 60)
+        hooks = dict(on_iteration=on_iteration, on_epoch=on_epoch, stop=stop)
         try:
             with bar:
-                train(
-                    plans,
-                    splits,
-                    args.preprocessed,
-                    args.output,
-                    settings,
-                    resume=args.resume,
-                    previous=args.previous,
-                    on_iteration=on_iteration,
-                    on_epoch=on_epoch,
-                    stop=stop,
-                )
+                if args.gpus > 1:
+                    from medseg.training.distributed import train_distributed
+
+                    train_distributed(
+                        plans, splits, args.preprocessed, args.output, settings, args.gpus,
+                        resume=args.resume, previous=args.previous, threads=args.threads, **hooks,
+                    )  # fmt: skip
+                else:
+                    train(
+                        plans, splits, args.preprocessed, args.output, settings,
+                        resume=args.resume, previous=args.previous, **hooks,
+                    )  # fmt: skip
         except TrainingStopped as stopped:
             err.print(f"stopped: {stopped}", highlight=False, soft_wrap=True)
             return EXIT_STOPPED

@@ -29,9 +29,14 @@ from medseg.preprocessing.crop import OUTSIDE
 OVERSAMPLE_FOREGROUND = 0.33
 
 
-def batch_seed(seed: int, epoch: int, iteration: int, stream: int = 0) -> np.random.SeedSequence:
-    """The seed sequence of one batch; ``stream`` separates sampling from augmentation."""
-    return np.random.SeedSequence([seed, epoch, iteration, stream])
+def batch_seed(
+    seed: int, epoch: int, iteration: int, stream: int = 0, rank: int = 0
+) -> np.random.SeedSequence:
+    """The seed sequence of one batch; ``stream`` separates sampling from augmentation,
+    ``rank`` the processes of data-parallel training (rank 0: the one-process stream)."""
+    return np.random.SeedSequence(
+        [seed, epoch, iteration, stream], spawn_key=(rank,) if rank else ()
+    )
 
 
 def forced_foreground(batch_size: int, fraction: float = OVERSAMPLE_FOREGROUND) -> list[bool]:

@@ -1,6 +1,7 @@
 """Batches for one epoch, made in worker processes.
 
-Each batch is a pure function of ``(seed, epoch, iteration)``. On CPU the
+Each batch is a pure function of ``(seed, epoch, iteration)`` (and the rank, in
+data-parallel training: :mod:`medseg.training.distributed`). On CPU the
 workers also augment; on CUDA they only read patches (pinned memory) and the
 training process augments the whole batch on the GPU, so augmentation never
 limits a fast GPU.
@@ -17,7 +18,7 @@ import torch
 
 from medseg.training.augment import AugmentSettings, augment, source_patch_size
 from medseg.training.cascade import CascadeAugmentSettings, augment_previous, previous_onehot
-from medseg.training.data import CaseStore, batch_seed, sample_batch
+from medseg.training.data import OVERSAMPLE_FOREGROUND, CaseStore, batch_seed, sample_batch
 
 AUGMENT_STREAM, SAMPLE_STREAM, VALIDATION_STREAM, CASCADE_STREAM = 1, 0, 2, 3
 
@@ -44,6 +45,10 @@ class BatchSpec:
     previous: Path | None = None
     foreground: tuple[int, ...] = ()
     cascade: CascadeAugmentSettings | None = None
+    #: Data-parallel training: this process's rank (its own batches) and the fraction of
+    #: its batch forced to hold foreground (:func:`medseg.training.distributed.rank_batches`)
+    rank: int = 0
+    oversample: float = OVERSAMPLE_FOREGROUND
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -63,15 +68,14 @@ class EpochBatches(torch.utils.data.Dataset):
         epoch, it = index
         read = spec.patch if spec.augment is None else source_patch_size(spec.patch, spec.augment)
         margin = [r - p for r, p in zip(read, spec.patch, strict=True)]
-        rng = np.random.default_rng(batch_seed(spec.seed, epoch, it, spec.stream))
-        image, label = sample_batch(
-            self.store, list(spec.case_ids), read, spec.batch_size, rng, margin=margin
-        )
+        rng = np.random.default_rng(batch_seed(spec.seed, epoch, it, spec.stream, spec.rank))
+        ids, size = list(spec.case_ids), spec.batch_size
+        image, label = sample_batch(self.store, ids, read, size, rng, spec.oversample, margin)
         image, label = torch.from_numpy(image), torch.from_numpy(label)
         if spec.augment is None:
             return with_previous(image, label.clamp_(min=0), spec, epoch, it)
         if spec.augment_in_worker:
-            gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM))
+            gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM, spec.rank))
             image, label = augment(image, label, spec.patch, spec.augment, gen)
             return with_previous(image, label, spec, epoch, it)
         return image, label
@@ -85,7 +89,7 @@ def with_previous(image, label, spec: BatchSpec, epoch: int, it: int):
         return image, label
     onehot = previous_onehot(label[:, 1:2], spec.foreground, image.dtype)
     if spec.cascade is not None:
-        gen = torch_generator(batch_seed(spec.seed, epoch, it, CASCADE_STREAM))
+        gen = torch_generator(batch_seed(spec.seed, epoch, it, CASCADE_STREAM, spec.rank))
         onehot = augment_previous(onehot, spec.cascade, gen)
     return torch.cat([image, onehot], dim=1), label[:, :1]
 
@@ -135,7 +139,8 @@ def finish_on_device(image, label, spec: BatchSpec, epoch: int, it: int, device)
     image = image.to(device, non_blocking=True)
     label = label.to(device, non_blocking=True)
     if spec.augment is not None and not spec.augment_in_worker:
-        gen = torch_generator(batch_seed(spec.seed, epoch, it, AUGMENT_STREAM), device)
+        seq = batch_seed(spec.seed, epoch, it, AUGMENT_STREAM, spec.rank)
+        gen = torch_generator(seq, device)
         image, label = augment(image, label, spec.patch, spec.augment, gen)
         image, label = with_previous(image, label, spec, epoch, it)
     return image, label

@@ -85,6 +85,12 @@ class _Run:
     train_spec: BatchSpec
     val_spec: BatchSpec
     n_classes: int
+    #: Data-parallel training (:mod:`medseg.training.distributed`): the wrapped model the
+    #: training step runs, the sum over processes of a CPU float64 tensor, and whether this
+    #: process writes checkpoints and logs. The defaults are one process.
+    ddp: torch.nn.Module | None = None
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    is_writer: bool = True
 
 
 def _autocast(run: _Run):
@@ -96,7 +102,7 @@ def _autocast(run: _Run):
 def _train_step(run: _Run, image, label) -> float:
     run.optimizer.zero_grad(set_to_none=True)
     with _autocast(run):
-        outputs = run.model(image)
+        outputs = (run.model if run.ddp is None else run.ddp)(image)
     loss = run.loss(outputs[: run.n_weighted], label.float())
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
@@ -127,7 +133,11 @@ def _train_epoch(
     batches = epoch_loader(run.train_spec, epoch, s.iterations, s.workers, pin, start=first)
     for it, (image, label) in enumerate(batches, start=first):
         image, label = finish_on_device(image, label, run.train_spec, epoch, it, run.device)
-        losses.append(_train_step(run, image, label))
+        loss = _train_step(run, image, label)
+        if run.reduce is not None:  # the mean over processes
+            total = run.reduce(torch.tensor([loss, 1.0], dtype=torch.float64))
+            loss = float(total[0] / total[1])
+        losses.append(loss)
         if on_iteration:
             on_iteration(epoch, it, losses[-1])
         if it + 1 < s.iterations:
@@ -156,9 +166,14 @@ def _validate_epoch(run: _Run, epoch: int) -> tuple[float, list[float]]:
             tp[c - 1] += (p & t).sum().item()
             fp[c - 1] += (p & ~t).sum().item()
             fn[c - 1] += (~p & t).sum().item()
+    val_loss = float(np.mean(losses))
+    if run.reduce is not None:  # counts and losses of all processes
+        tp, fp, fn = run.reduce(torch.stack([tp, fp, fn]))
+        total = run.reduce(torch.tensor([sum(losses), len(losses)], dtype=torch.float64))
+        val_loss = float(total[0] / total[1])
     denom = 2 * tp + fp + fn
     dice = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
-    return float(np.mean(losses)), [float(d) for d in dice]
+    return val_loss, [float(d) for d in dice]
 
 
 def _amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
@@ -287,13 +302,22 @@ def train(
     run = _build_run(Plans.of(plans), splits, Path(preprocessed), settings, previous)
     folder = FoldDir(Path(out))
     Path(out).mkdir(parents=True, exist_ok=True)
-    start, history, best, cursor = start_point(run, folder, resume)
+    begin = start_point(run, folder, resume)
+    return _fit(run, folder, begin, on_iteration, on_epoch, stop or StopPolicy())
+
+
+def _fit(run: _Run, folder: FoldDir, begin: tuple, on_iteration, on_epoch, stop) -> dict:
+    """The epochs from ``begin`` (:func:`start_point`'s answer) to the end; only a
+    writer (``run.is_writer``) writes checkpoints, the log and the curves."""
+    settings = run.settings
+    start, history, best, cursor = begin
 
     def save_cursor(c: Cursor) -> None:
-        state = state_document(run, c.epoch - 1, history, best, c)
-        save_checkpoint(folder.checkpoint(Checkpoint.LATEST), run.model, state, run.optimizer)
+        if run.is_writer:
+            state = state_document(run, c.epoch - 1, history, best, c)
+            save_checkpoint(folder.checkpoint(Checkpoint.LATEST), run.model, state, run.optimizer)
 
-    stopper = Stopper(stop or StopPolicy(), save_cursor, out)
+    stopper = Stopper(stop, save_cursor, folder.root)
     for epoch in range(start, settings.epochs):
         for group in run.optimizer.param_groups:
             group["lr"] = poly_lr(settings.initial_lr, epoch, settings.epochs)
@@ -301,14 +325,13 @@ def train(
         trained = _train_epoch(run, epoch, on_iteration, cursor, stopper)
         cursor = None
         history.append(_record(run, epoch, history, t0, trained, _validate_epoch(run, epoch)))
-        best = finish_epoch(run, folder, epoch, history, best)
+        if run.is_writer:
+            best = finish_epoch(run, folder, epoch, history, best)
         if on_epoch:
             on_epoch(history[-1])
         if epoch + 1 < settings.epochs:
             stopper.after_epoch(epoch + 1)
-    save_checkpoint(
-        folder.checkpoint(Checkpoint.FINAL),
-        run.model,
-        state_document(run, settings.epochs - 1, [], best),
-    )
+    if run.is_writer:
+        final = state_document(run, settings.epochs - 1, [], best)
+        save_checkpoint(folder.checkpoint(Checkpoint.FINAL), run.model, final)
     return history[-1] if history else {}

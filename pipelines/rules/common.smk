@@ -77,8 +77,14 @@ def validated_folds(wildcards):
     ]
 
 
-def gpu_resource(wildcards=None):
-    return 1 if str(config["device"]).startswith("cuda") else 0
+def gpu_resource(wildcards=None, count=1):
+    """GPUs a job asks for: `count` with a cuda device, else none."""
+    return count if str(config["device"]).startswith("cuda") else 0
+
+
+def train_gpu_resource(wildcards=None):
+    """The train rule's GPUs: training.gpus with a cuda device (medseg train --gpus)."""
+    return gpu_resource(wildcards, config["training"]["gpus"])
 
 
 def test_targets():

@@ -3,7 +3,8 @@
 # preemption) continues from the last checkpoint: the last finished epoch, or the
 # iteration where SIGTERM/SIGUSR1 stopped it (exit code 75), or the last timed
 # checkpoint (training.checkpoint_minutes). training.retries: how often Snakemake
-# starts a failed training job again.
+# starts a failed training job again. training.gpus: GPUs per training job (data
+# parallel on one node; the job's `gpu` resource with device cuda).
 
 
 rule train:
@@ -32,11 +33,11 @@ rule train:
     resources:
         mem_mb=config["training"]["mem_mb"],
         runtime=config["training"]["runtime"],
-        gpu=gpu_resource,
+        gpu=train_gpu_resource,
     shell:
         "medseg train {input.preprocessed:q} {input.plans:q} {input.splits:q} "
         "--config {wildcards.config} --fold {wildcards.fold} -o {params.folder:q} "
-        "--device {params.device} --threads {threads} "
+        "--device {params.device} --gpus {params.t[gpus]} --threads {threads} "
         "--epochs {params.t[epochs]} --iterations {params.t[iterations]} "
         "--val-iterations {params.t[val_iterations]} --seed {params.t[seed]} "
         "--workers {params.t[workers]} --no-validation --resume {params.previous} "
