@@ -137,11 +137,12 @@ def demo_models(tmp_path_factory, demo_dataset):
     return root, plans, splits, checkpoints
 
 
-@pytest.fixture(scope="session")
-def untrained_model(hippocampus, tmp_path_factory) -> Path:
-    """A tiny untrained 3d_fullres model folder planned on 4 Hippocampus cases (MR, 3
-    labels): random weights (seeded) give a noisy, non-empty label map on the real MR
-    series, in seconds (no training)."""
+def make_untrained_model(
+    dataset: Path, root: Path, patch: tuple[int, ...], cases: int | None = None
+) -> Path:
+    """A tiny untrained 3d_fullres model folder in ``root``, planned on ``dataset`` (its
+    first ``cases`` training cases) with ``patch``: seeded random weights give a noisy,
+    non-empty label map in seconds, for tests of reading, prediction and writing."""
     import torch
 
     from medseg.dataset import load_dataset
@@ -152,14 +153,13 @@ def untrained_model(hippocampus, tmp_path_factory) -> Path:
     from medseg.nets.unet import build_network
     from medseg.planning.planner import PlannerSettings, plan_experiment
 
-    root = tmp_path_factory.mktemp("rtstruct_model")
-    full = load_dataset(hippocampus)
-    spec = DatasetSpec(**{**full.__dict__, "training": full.training[:4]})
+    full = load_dataset(dataset)
+    spec = DatasetSpec(**{**full.__dict__, "training": full.training[:cases]})
     tiny = PlannerSettings(
         gpu_memory_gb=0.5,
         base_features=4,
         configurations=("3d_fullres",),
-        patch_size={"3d_fullres": (32, 32, 32)},
+        patch_size={"3d_fullres": tuple(patch)},
     )
     plans = plan_experiment(extract_fingerprint(spec), tiny)
     config = plans["configurations"]["3d_fullres"]
@@ -170,3 +170,10 @@ def untrained_model(hippocampus, tmp_path_factory) -> Path:
     return export_model(
         root / "model", plans, members, {"3d_fullres": {0: root / "weights.safetensors"}}
     )
+
+
+@pytest.fixture(scope="session")
+def untrained_model(hippocampus, tmp_path_factory) -> Path:
+    """A tiny untrained model planned on 4 Hippocampus cases (MR, 3 labels): a noisy,
+    non-empty label map on the real MR series."""
+    return make_untrained_model(hippocampus, tmp_path_factory.mktemp("mr_model"), (32, 32, 32), 4)

@@ -11,13 +11,14 @@ import threading
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import make_untrained_model
 
 from medseg.core.errors import InferenceError
 from medseg.core.options import OutputFormat
 from medseg.core.volume import Kind, Volume
 from medseg.inference import batch, prefetch
 from medseg.inference.batch import BatchSettings, owned_outputs, run_batch
-from medseg.inference.bundle import export_model, load_model
+from medseg.inference.bundle import load_model
 from medseg.inference.inputs import discover_inputs
 from medseg.inference.predict import PredictOptions
 from medseg.io.probabilities import load_probabilities
@@ -29,26 +30,10 @@ TIMEOUT = 60  # s: only a safety net, so that a pipeline that does not overlap f
 @pytest.fixture(scope="module")
 def bundle(demo_dataset, tmp_path_factory):
     """A tiny untrained 3d_fullres model: real reading, gate, prediction and writing."""
-    from medseg.dataset import load_dataset
-    from medseg.fingerprint.extract import extract_fingerprint
-    from medseg.nets.checkpoint import save_checkpoint
-    from medseg.nets.unet import build_network
-    from medseg.planning.planner import PlannerSettings, plan_experiment
-
-    root = tmp_path_factory.mktemp("pipeline_model")
-    tiny = PlannerSettings(
-        gpu_memory_gb=0.5,
-        base_features=4,
-        configurations=("3d_fullres",),
-        patch_size={"3d_fullres": (8, 32, 32)},
+    folder = make_untrained_model(
+        demo_dataset, tmp_path_factory.mktemp("pipeline_model"), (8, 32, 32)
     )
-    plans = plan_experiment(extract_fingerprint(load_dataset(demo_dataset)), tiny)
-    config = plans["configurations"]["3d_fullres"]
-    network = build_network(config["architecture"], 1, len(plans["labels"]))
-    save_checkpoint(root / "weights.safetensors", network, {"configuration": config})
-    members = [{"configuration": "3d_fullres", "folds": [0]}]
-    weights = {"3d_fullres": {0: root / "weights.safetensors"}}
-    return load_model(export_model(root / "model", plans, members, weights), "cpu")
+    return load_model(folder, "cpu")
 
 
 @pytest.fixture

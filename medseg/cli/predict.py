@@ -51,6 +51,18 @@ class maps are brought back to the scan's grid slab by slab, so even a
 512 x 512 x 1000 CT with many classes needs memory for its voxels, not voxels x
 classes. While a case is predicted the next is read and the previous written.
 
+Measurements and pictures: --statistics writes per case CASE.statistics.json
+and CASE.statistics.csv (per structure of the model: volume in mL, voxel count,
+mean/std/min/max of channel 0 inside it in the input's units, HU for CT; bounding
+box in voxel indices and in patient coordinates, and centroid: mm, RAS+ as in
+NIfTI, plus LPS for DICOM inputs; an empty structure has count 0 and null values),
+records each structure's volume and count in the manifest, and rebuilds
+OUTDIR/statistics.csv (one row per case and structure, every case that succeeded
+in OUTDIR, earlier runs included). --preview writes CASE.preview.png: axial,
+coronal and sagittal slices through each structure's centroid, each class filled
+and outlined in its own colour-blind safe colour (as in the RTSTRUCT), with a
+legend. A case whose measurements or picture cannot be made fails like any other.
+
 A case that fails is recorded in
 OUTDIR/manifest.jsonl with the reason (and the gate's findings) and the batch
 goes on; the exit code is 1 if any case failed. --skip-existing makes an
@@ -65,6 +77,7 @@ Examples:
   medseg predict -m nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres \\
       -i /data/study1 -o out/ --formats nifti dicom-seg probabilities --folds 0 1
   medseg predict -m models/hippocampus -i /data/study1 -o out/ --formats nifti rtstruct
+  medseg predict -m models/hippocampus -i /pacs/export/ -o out/ --statistics --preview
 """
 
 
@@ -108,6 +121,17 @@ def add_parser(sub) -> None:
         "on the device, equal to float32 rounding (labels differ on < 1e-6 of voxels)",
     )
     p.add_argument("--skip-existing", action="store_true", help="skip cases whose outputs exist")
+    p.add_argument(
+        "--statistics",
+        action="store_true",
+        help="also measure each structure (volume, intensities, bounding box, centroid): "
+        "CASE.statistics.json and .csv, and the table OUTDIR/statistics.csv",
+    )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also draw CASE.preview.png: three orthogonal slices through each structure",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -184,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     # channel files group into cases, hence the case ids and the output names checked next.
     bundle = load_model(args.model, device, args.folds)
     cases, unusable = discover_inputs(args.input, len(bundle.channel_names))
-    refuse_unsafe_outputs(cases, args.output, args.formats)  # before any input is read
+    extras = {"statistics": args.statistics, "preview": args.preview}
+    refuse_unsafe_outputs(cases, args.output, args.formats, **extras)  # before any input is read
     engine = resolve_engine(args.engine, device)
     return _predict(args, bundle, device, engine, (cases, unusable))
 
@@ -225,7 +250,11 @@ def _predict(args, bundle, device, engine: str, inputs) -> int:
     )
     formats = tuple(OutputFormat(f) for f in args.formats)
     settings = BatchSettings(
-        formats=formats, skip_existing=args.skip_existing, workers=args.workers
+        formats=formats,
+        skip_existing=args.skip_existing,
+        workers=args.workers,
+        statistics=args.statistics,
+        preview=args.preview,
     )
     bar = Progress(
         TextColumn("[bold]{task.description}"),

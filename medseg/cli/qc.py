@@ -11,9 +11,10 @@ from medseg.cli.console import add_command, out
 QC_HELP = "PNG overlays of predictions (and references) on their images"
 QC_EPILOG = """\
 For each prediction PREDICTIONS/CASE.nii.gz, the image IMAGES/CASE.nii.gz (or
-CASE_0000.nii.gz) is drawn with the prediction's outline in red and, with
---labels, the reference LABELS/CASE.nii.gz dashed in green, on the axial slice
-with the most foreground. At most 8 cases.
+CASE_0000.nii.gz) is drawn with the prediction's outline as a solid line and,
+with --labels, the reference LABELS/CASE.nii.gz as a dashed line, each class in its
+own colour (colour-blind safe, the RTSTRUCT's colours), on the axial slice with the
+most foreground. At most 8 cases.
 
 Examples:
   medseg qc results/predictions --images data/imagesTs --labels data/labelsTs -o qc.png

@@ -69,6 +69,10 @@ class OutputError(MedsegError, ValueError):
     medseg's own."""
 
 
+class ReportError(MedsegError, RuntimeError):
+    """A prediction's measurements or preview picture cannot be made or written."""
+
+
 class InputRefusedError(MedsegError, ValueError):
     """An input failed the sanity checks (non-finite, blank, not 3D, ambiguous geometry...)."""
 

@@ -125,6 +125,22 @@ class PredictionDir:
     def probabilities(self, case_id: str) -> Path:
         return Path(self.root) / f"{case_id}_probabilities.b2nd"
 
+    def statistics(self, case_id: str) -> Path:
+        """Measurements of each structure (``medseg predict --statistics``)."""
+        return Path(self.root) / f"{case_id}.statistics.json"
+
+    def statistics_csv(self, case_id: str) -> Path:
+        return Path(self.root) / f"{case_id}.statistics.csv"
+
+    def preview(self, case_id: str) -> Path:
+        """Three orthogonal slices per structure (``medseg predict --preview``)."""
+        return Path(self.root) / f"{case_id}.preview.png"
+
+    @property
+    def statistics_table(self) -> Path:
+        """Every case's measurements, one row per case and structure (``--statistics``)."""
+        return Path(self.root) / "statistics.csv"
+
     @property
     def summary(self) -> Path:
         """The test scores, when reference labels are given (``medseg evaluate -o``)."""

@@ -2,19 +2,21 @@
 
 Overlays show, per case, one axial slice of the image (reoriented to RAS so every
 case looks the same way round, windowed to its 1st-99th percentile) with the
-prediction's outline in red and the reference's in green, on the slice where
-they hold the most foreground. Curves plot every fold's losses and EMA
-pseudo-Dice against epoch.
+outline of each class in its own colour (:mod:`medseg.core.palette`, as in the
+RTSTRUCT and the preview pictures of ``medseg predict --preview``): the prediction
+solid, the reference dashed, on the slice where they hold the most foreground.
+Curves plot every fold's losses and EMA pseudo-Dice against epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medseg.core.palette import as_unit_rgb, palette_colour
 from medseg.core.volume import Volume
 from medseg.geometry.orientation import to_canonical
 from medseg.io.atomic import atomic_path
@@ -44,12 +46,37 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def overlay_montage(cases: Sequence[OverlayCase], path: Path, title: str = "") -> None:
-    """A grid of overlays (at most :data:`MAX_CASES`), written atomically as PNG."""
+def _outlines(ax, label: np.ndarray, linestyle: str) -> set[int]:
+    """Each class of ``label`` outlined in its palette colour; the classes drawn."""
+    values = {int(v) for v in np.unique(label[label > 0])}
+    for value in sorted(values):
+        colour = as_unit_rgb(palette_colour(value - 1))
+        ax.contour(
+            label == value, levels=[0.5], colors=[colour], linewidths=0.9, linestyles=linestyle
+        )
+    return values
+
+
+def overlay_montage(
+    cases: Sequence[OverlayCase],
+    path: Path,
+    title: str = "",
+    label_names: Mapping[int, str] | None = None,
+) -> None:
+    """A grid of overlays (at most :data:`MAX_CASES`), written atomically as PNG.
+
+    Each class has its own colour, the same in prediction and reference: label value
+    ``v`` gets :func:`medseg.core.palette.palette_colour` ``(v - 1)`` (the colour of the
+    RTSTRUCT and of ``--preview`` when the labels are 1 .. N, as nnU-Net requires).
+    The prediction's outline is a solid line, the reference's a dashed one: where they
+    agree the dashes lie on the solid line. ``label_names`` (value -> name) adds a
+    legend of the classes drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     cases = list(cases)[:MAX_CASES]
     cols = min(4, max(1, len(cases)))
@@ -57,19 +84,23 @@ def overlay_montage(cases: Sequence[OverlayCase], path: Path, title: str = "") -
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    drawn: set[int] = set()
     for ax, case in zip(axes.flat, cases, strict=False):
         image, pred, ref = _axial(case)
         lo, hi = _window(image)
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower")
-        for value in np.unique(pred[pred > 0]):
-            ax.contour(pred == value, levels=[0.5], colors="red", linewidths=0.9)
+        drawn |= _outlines(ax, pred, "solid")
         if ref is not None:
-            for value in np.unique(ref[ref > 0]):
-                ax.contour(
-                    ref == value, levels=[0.5], colors="lime", linewidths=0.9, linestyles="dashed"
-                )
+            drawn |= _outlines(ax, ref, "dashed")
         ax.set_title(case.name, fontsize=8)
-    fig.suptitle(title + "\nred: prediction, green dashed: reference", fontsize=9)
+    if label_names:
+        handles = [
+            Patch(color=as_unit_rgb(palette_colour(v - 1)), label=str(label_names.get(v, v)))
+            for v in sorted(drawn)
+        ]
+        if handles:
+            fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7)
+    fig.suptitle(title + "\nsolid: prediction, dashed: reference; colour: class", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)

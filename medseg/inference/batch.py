@@ -10,7 +10,8 @@ another grid, refused by the gate, too large for memory) is recorded in the
 manifest and the batch goes on. ``OUTDIR/manifest.jsonl`` gets one line per case
 and run: input (the volume file, channel 0's file, or the DICOM folder), inputs
 (every file of the case, in channel order), outputs (absolute paths), status,
-error, findings (the gate's refusals and warnings), seconds per stage. An
+error, findings (the gate's refusals and warnings), seconds per stage, and with
+``statistics`` each structure's volume and voxel count. An
 existing file in OUTDIR that medseg did not write is never overwritten: that case
 fails instead.
 
@@ -40,6 +41,7 @@ from medseg.core.layout import PredictionDir
 from medseg.core.options import OutputFormat
 from medseg.inference.inputs import CaseInput, outputs_for
 from medseg.inference.prefetch import CaseJob, case_stages, run_pipelined
+from medseg.inference.reports import check_statistics_table, table_claim, write_statistics_table
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ __all__ = ["BatchResult", "BatchSettings", "WorkerModel", "run_batch"]
 class BatchSettings:
     """What to write, whether to skip finished cases, and how many cases at once.
 
+    ``statistics``: also each case's measurements (``CASE.statistics.json`` and ``.csv``)
+    and the batch table ``statistics.csv``; ``preview``: also ``CASE.preview.png``
+    (:mod:`medseg.inference.reports`). Either keeps each case's image in memory until
+    its outputs are written (one image more at the peak).
+
     With ``workers > 1`` each worker process loads the model once and takes cases
     in turn, the CPU cores shared out among them (on CPU, several single-threaded
     cases at once use the cores better than one case on all of them).
@@ -58,6 +65,8 @@ class BatchSettings:
     formats: tuple[OutputFormat, ...] = (OutputFormat.NIFTI, OutputFormat.DICOM_SEG)
     skip_existing: bool = False
     workers: int = 1
+    statistics: bool = False
+    preview: bool = False
 
 
 @dataclass
@@ -110,7 +119,9 @@ def _foreign(paths: dict[str, Path], owned: frozenset[str]) -> str | None:
 def _start(case: CaseInput, out: Path, settings, run_id, owned: frozenset[str]) -> CaseJob:
     """The case's record so far: decided already (skipped, or failed before anything is
     read), or to run, its outputs then claimed in the ledger."""
-    paths = outputs_for(case, out, settings.formats)
+    paths = outputs_for(
+        case, out, settings.formats, statistics=settings.statistics, preview=settings.preview
+    )
     record = {
         "run": run_id,
         "case_id": case.case_id,
@@ -227,6 +238,9 @@ def run_batch(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if settings.statistics:  # the batch table: never over a file medseg did not write
+        check_statistics_table(out, owned_outputs(out))
+        _ledger(out, table_claim(out), "+")
     run_id = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = BatchResult()
     with open(PredictionDir(out).manifest, "a", encoding="utf-8") as manifest:
@@ -260,6 +274,8 @@ def run_batch(
             jobs = (_start(case, out, settings, run_id, owned) for case in cases)
             stages = case_stages(bundle, options, progress)
             run_pipelined(jobs, stages, lambda job: emit(_finish(out, job)))
+    if settings.statistics:
+        write_statistics_table(out)
     return result
 
 

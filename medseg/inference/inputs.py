@@ -227,8 +227,15 @@ def _unique_ids(cases: list[CaseInput]) -> list[CaseInput]:
     return unique
 
 
-def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
-    """The output files of ``case`` in ``out``, by format (none for a case with a problem)."""
+#: Keys of the outputs of ``--statistics`` and ``--preview`` (beside the formats').
+STATISTICS, STATISTICS_CSV, PREVIEW = "statistics", "statistics-csv", "preview"
+
+
+def outputs_for(
+    case: CaseInput, out: Path, formats, *, statistics: bool = False, preview: bool = False
+) -> dict[str, Path]:
+    """The output files of ``case`` in ``out``, by format (none for a case with a problem),
+    with the measurements (JSON and CSV) and the preview picture when asked for."""
     paths = {}
     if case.problem:
         return paths
@@ -241,6 +248,11 @@ def outputs_for(case: CaseInput, out: Path, formats) -> dict[str, Path]:
         paths[OutputFormat.PROBABILITIES.value] = folder.probabilities(case.case_id)
     if OutputFormat.RTSTRUCT in formats and case.is_dicom:
         paths[OutputFormat.RTSTRUCT.value] = folder.rtstruct(case.case_id)
+    if statistics:
+        paths[STATISTICS] = folder.statistics(case.case_id)
+        paths[STATISTICS_CSV] = folder.statistics_csv(case.case_id)
+    if preview:
+        paths[PREVIEW] = folder.preview(case.case_id)
     return paths
 
 
@@ -253,8 +265,9 @@ def refuse_unsafe_output_folder(inputs: Iterable[Path], out: Path) -> None:
         refuse_overlap([path], out, what="output folder")
 
 
-def refuse_unsafe_outputs(cases: list[CaseInput], out: Path, formats) -> None:
+def refuse_unsafe_outputs(cases: list[CaseInput], out: Path, formats, **extras: bool) -> None:
     """No planned output file of any case is an input file (e.g. ``-i out/a.nii.gz -o out``),
-    every channel file of every case included."""
-    planned = [p for case in cases for p in outputs_for(case, out, formats).values()]
+    every channel file of every case included. ``extras``: ``statistics``, ``preview``
+    as for :func:`outputs_for`."""
+    planned = [p for case in cases for p in outputs_for(case, out, formats, **extras).values()]
     refuse_colliding(planned, [f for c in cases if not c.is_dicom for f in c.files])

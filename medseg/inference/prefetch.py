@@ -40,7 +40,7 @@ from typing import Generic, TypeVar
 from medseg.core.crash import internal_error_message, write_crash_report
 from medseg.core.errors import InputRefusedError, MedsegError
 from medseg.core.options import OutputFormat
-from medseg.inference.inputs import CaseInput
+from medseg.inference.inputs import PREVIEW, STATISTICS, CaseInput
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,9 @@ def _predict_case(bundle, job: CaseJob, options, progress) -> None:
     """The label map of the case read (and its probabilities file, if asked for)."""
     from medseg.inference.predict import predict_volume
 
-    image, job.image = job.image, None
+    image = job.image
+    if not any(key in job.paths for key in (PREVIEW, STATISTICS)):
+        job.image = None  # else kept for the measurements and the preview
     probabilities = job.paths.get(OutputFormat.PROBABILITIES)
     # room for the next case read meanwhile (about as large) and the label being written
     reserve = image.array.nbytes + math.prod(image.spatial_shape)
@@ -200,10 +202,13 @@ def _predict_case(bundle, job: CaseJob, options, progress) -> None:
 
 
 def _write_case(bundle, job: CaseJob) -> None:
-    """Write the label map as NIfTI, DICOM-SEG and RTSTRUCT, each atomically."""
+    """Write the label map as NIfTI, DICOM-SEG and RTSTRUCT, then the measurements and
+    preview asked for, each atomically."""
+    from medseg.inference.reports import write_case_reports
     from medseg.io.volumes import write_volume
 
     label, series, job.label, job.series = job.label, job.series, None, None
+    image, job.image = job.image, None
     if OutputFormat.NIFTI in job.paths:
         write_volume(label, job.paths[OutputFormat.NIFTI])
     if OutputFormat.DICOM_SEG in job.paths:
@@ -214,6 +219,9 @@ def _write_case(bundle, job: CaseJob) -> None:
         from medseg.io.rtstruct import write_rtstruct
 
         write_rtstruct(label.array, series, bundle.label_names, job.paths[OutputFormat.RTSTRUCT])
+    statistics = write_case_reports(job, image, label, series, bundle)
+    if statistics is not None:  # only once every output is written
+        job.record["statistics"] = statistics
 
 
 def case_stages(bundle, options, progress) -> Stages[CaseJob]:

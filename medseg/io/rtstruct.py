@@ -10,8 +10,8 @@ Conventions
   :func:`medseg.io.dicom_series.read_dicom_series` (X = column, Y = row, slice
   ``k`` = ``SeriesInfo.files[k]``); 0 is background.
 * One ROI per foreground entry of ``label_names``: ROINumber = label value,
-  ROIName = its name, ROIDisplayColor from :data:`PALETTE` (Okabe-Ito, colour-blind
-  safe, by ROI order). A label absent from the map is still listed, without
+  ROIName = its name, ROIDisplayColor from :data:`medseg.core.palette.PALETTE` (Okabe-Ito,
+  colour-blind safe, by ROI order). A label absent from the map is still listed, without
   contours (as the DICOM-SEG describes empty segments): the model looked and found
   nothing, which a left-out structure would not say.
 * Contours: :func:`skimage.measure.find_contours` at level 0.5 on each slice's
@@ -50,22 +50,13 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from medseg import __version__
 from medseg.core.errors import RtStructError
+from medseg.core.palette import palette_colour
 from medseg.core.volume import as_label_array
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_series import SeriesInfo
 
 log = logging.getLogger(__name__)
 
-#: Okabe & Ito (2008), colour-blind safe, black left out (invisible on images): RGB 0-255.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 159, 0),  # orange
-    (86, 180, 233),  # sky blue
-    (0, 158, 115),  # bluish green
-    (240, 228, 66),  # yellow
-    (0, 114, 178),  # blue
-    (213, 94, 0),  # vermillion
-    (204, 121, 167),  # reddish purple
-)
 #: Iso-level of find_contours on a 0/1 mask: half way between inside and outside centres.
 CONTOUR_LEVEL = 0.5
 #: RTROIInterpretedType defined terms (DICOM PS3.3 C.8.8.8.1.2) accepted by the writer.
@@ -347,7 +338,7 @@ def _roi_items(plan, frame_uid: str, meta: RtStructMetadata, contours) -> tuple[
         roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = value, frame_uid, name
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         roi.ROIGenerationDescription = f"{meta.algorithm_name} {meta.algorithm_version}"[:64]
-        roi_contour.ROIDisplayColor = list(PALETTE[n % len(PALETTE)])
+        roi_contour.ROIDisplayColor = list(palette_colour(n))
         if contours[value]:  # an ROI without contours has no ContourSequence (type 3)
             roi_contour.ContourSequence = DicomSequence(contours[value])
         roi_contour.ReferencedROINumber = value

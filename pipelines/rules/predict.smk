@@ -34,6 +34,9 @@ rule predict_test:
         formats=" ".join(config["test"]["formats"]),
         device=config["device"],
         mirroring="" if config["test"]["mirroring"] else "--no-mirroring",
+        reports=" ".join(
+            f"--{key}" for key in ("statistics", "preview") if config["test"].get(key, False)
+        ),
     log:
         R.log("predict_test"),
     benchmark:
@@ -53,7 +56,7 @@ rule predict_test:
         "rm -rf {params.out:q} && "
         "medseg predict -m {params.model:q} -i {input.images:q} -o {params.out:q} "
         "--formats {params.formats} --device {params.device} --threads {threads} "
-        "{params.mirroring} > {log:q} 2>&1"
+        "{params.mirroring} {params.reports} > {log:q} 2>&1"
 
 
 rule evaluate_test:
