@@ -9,6 +9,7 @@ a second destination that is down at first.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -283,8 +284,11 @@ def node(orthanc, untrained_model, tmp_path_factory, late_port):
                 "port": orthanc.dicom_port,
             },
             {"name": "late", "ae_title": "LATE", "host": "127.0.0.1", "port": late_port},
+            {"name": "archive", "folder": "archive"},
         ],
         "formats": ["dicom-seg", "rtstruct"],
+        "statistics": True,
+        "preview": True,
         "retry": {"backoff_seconds": [0.5, 1], "max_attempts": 1000},
         "prediction": {"device": "cpu", "mirroring": False},
     }
@@ -338,6 +342,12 @@ def test_series_from_orthanc_comes_back_as_seg_and_rtstruct(node, orthanc, dicom
     assert len(files) == len(list((dicom_dir / STUDY1).iterdir()))
     assert {f.parent.name for f in files} == {uid}
     assert (node.spool.results(uid, 1) / f"{uid}.seg.dcm").is_file()
+    # measurements and the preview go to the folder destination (never by C-STORE)
+    archive = node.root / "archive" / uid / "1"
+    names = {f"{uid}.{x}" for x in ("seg.dcm", "rtstruct.dcm", "statistics.json", "preview.png")}
+    wait_for("the archive", lambda: names <= {f.name for f in archive.glob("*")}, 30)
+    statistics = json.loads((archive / f"{uid}.statistics.json").read_text())
+    assert {s["name"] for s in statistics["structures"]} >= {"Anterior", "Posterior"}, statistics
     log = node.log()
     assert uid in log and "done" in log
     assert str(source.PatientName) not in log and str(source.PatientID) not in log
@@ -456,7 +466,7 @@ def test_destination_down_at_first_gets_the_results_later(node, late_port):
     finally:
         server.shutdown()
     status = node.status()
-    assert status["deliveries"] == {"pending": 0, "delivered": 8, "failed": 0}
+    assert status["deliveries"]["pending"] == 0 and status["deliveries"]["failed"] == 0
     assert sorted(ds.Modality for ds in received) == ["RTSTRUCT"] * 2 + ["SEG"] * 2
     assert node.stop() == 0  # SIGTERM: a clean stop
     assert "medseg.serve.service: stopped" in node.log()
@@ -482,3 +492,324 @@ def test_status_and_example_config_from_the_command_line(tmp_path):
     text = subprocess.run([*MEDSEG, "serve", str(path), "--status"], capture_output=True, text=True)
     assert "1 receiving" in text.stdout
     assert os.path.getsize(tmp_path / "spool" / "queue.sqlite") > 0
+
+
+# ---------------------------------------------------------------- DICOMweb: units
+
+
+def _private(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_credentials_file_readable_by_others_is_refused(tmp_path, mode):
+    from medseg.serve.dicomweb import CredentialsError, make_client, read_credentials
+
+    path = _private(tmp_path / "pacs.yaml", "username: u\npassword: s3cret-pw\n", mode)
+    for read in (read_credentials, lambda p: make_client("http://127.0.0.1:1", p)):
+        with pytest.raises(CredentialsError) as e:
+            read(path)
+        message = str(e.value)
+        assert str(path) in message and f"chmod 600 {path}" in message
+        assert f"{mode:04o}" in message and "s3cret-pw" not in message
+
+
+def test_private_credentials_are_read_and_never_shown(tmp_path):
+    from medseg.serve.dicomweb import CredentialsError, make_client, read_credentials
+
+    basic = read_credentials(_private(tmp_path / "b.yaml", "username: u\npassword: '007'\n"))
+    assert (basic.username, basic.password, basic.token) == ("u", "007", None)
+    assert "007" not in repr(basic)
+    token = _private(tmp_path / "t.yaml", "token: abc.def\n", 0o400)
+    client = make_client("http://127.0.0.1:1/dicom-web", token)
+    assert client._session.headers["Authorization"] == "Bearer abc.def"
+    for text in ("password: s3cret-pw\n", "token: s3cret-pw\nusername: u\npassword: p\n",
+                 "password: [s3cret-pw\n", "s3cret-pw"):  # fmt: skip
+        with pytest.raises(CredentialsError) as e:
+            read_credentials(_private(tmp_path / "bad.yaml", text))
+        assert "s3cret-pw" not in str(e.value) and "fix the file" in str(e.value)
+    with pytest.raises(CredentialsError, match="not found"):
+        read_credentials(tmp_path / "missing.yaml")
+
+
+def test_dicomweb_config(tmp_path):
+    from medseg.serve.poller import study_dates
+
+    sources = [{"name": "web", "url": "https://pacs/dicom-web/", "credentials": "c.yaml",
+                "poll_seconds": 5, "filters": {"Modality": "MR"}, "since": "20240102"}]  # fmt: skip
+    document = _config(tmp_path, dicomweb_sources=sources)
+    document["destinations"].append({"name": "stow", "url": "http://pacs/dw"})
+    config = parse_config(document, tmp_path)
+    (source,) = config.dicomweb_sources
+    assert source.url == "https://pacs/dicom-web" and source.credentials == tmp_path / "c.yaml"
+    assert source.filters == (("Modality", "MR"),) and source.lookback_days == 1
+    assert config.destination("stow").is_dicomweb and not config.destination("pacs").is_dicomweb
+    # the window: from `since`, then from the last good poll's date minus lookback_days
+    today = __import__("datetime").date(2024, 3, 10)
+    assert study_dates(source, None, today) == "20240102-"
+    noon = time.mktime((2024, 3, 5, 12, 0, 0, 0, 0, -1))
+    assert study_dates(source, noon, today) == "20240304-"
+    early = time.mktime((2023, 12, 1, 12, 0, 0, 0, 0, -1))
+    assert study_dates(source, early, today) == "20240102-"  # never before since
+    unbounded = parse_config(_config(tmp_path, dicomweb_sources=[{"name": "w", "url": "http://x"}]),
+                             tmp_path).dicomweb_sources[0]  # fmt: skip
+    assert study_dates(unbounded, None, today) == "20240309-"
+    for changes, key in [
+        ({"url": "https://user:s3cret@pacs/dw"}, "dicomweb_sources[0].url: holds a user"),
+        ({"since": "20241301"}, "dicomweb_sources[0].since: '20241301' is not a date"),
+        ({"filters": {"PatientID": "x"}}, "a QIDO-RS search key without patient data"),
+    ]:
+        bad = _config(tmp_path, dicomweb_sources=[{**sources[0], **changes}])
+        with pytest.raises(ServeConfigError, match=__import__("re").escape(key)) as e:
+            parse_config(bad, tmp_path)
+        assert "s3cret" not in str(e.value)
+
+
+class FakeDicomweb:
+    """A DICOMweb server in memory: QIDO-RS and WADO-RS over a list of datasets."""
+
+    def __init__(self, datasets):
+        self.datasets, self.retrieved, self.down = list(datasets), [], False
+
+    def _check(self):
+        if self.down:
+            import requests
+
+            raise requests.ConnectionError("connection refused")
+
+    def search_for_series(self, search_filters, fields, limit, offset):
+        self._check()
+        series = {}
+        for ds in self.datasets:
+            series.setdefault((ds.StudyInstanceUID, ds.SeriesInstanceUID), []).append(ds)
+        return [
+            {"0020000D": {"Value": [st]}, "0020000E": {"Value": [se]},
+             "00201209": {"Value": [len(v)]}}
+            for (st, se), v in series.items()
+        ][offset : offset + limit]  # fmt: skip
+
+    def search_for_instances(self, study_instance_uid, series_instance_uid, fields, limit, offset):
+        self._check()
+        found = [ds for ds in self.datasets if ds.SeriesInstanceUID == series_instance_uid]
+        return [{"00080018": {"Value": [ds.SOPInstanceUID]}} for ds in found][offset:][:limit]
+
+    def retrieve_instance(self, study, series, sop):
+        self._check()
+        self.retrieved.append(sop)
+        return next(ds for ds in self.datasets if ds.SOPInstanceUID == sop)
+
+
+def test_poller_fetches_each_series_once_and_only_new_instances(tmp_path, dicom_dir):
+    from medseg.serve.config import DicomwebSource
+    from medseg.serve.poller import poll_once
+
+    spool = Spool(tmp_path / "spool")
+    spool.make()
+    conn = connect(spool.database)
+    init_schema(conn)
+    datasets = _crafted_series(dicom_dir, "MR", 4)
+    server = FakeDicomweb(datasets[:3])
+    source = DicomwebSource("web", "http://fake", since="20200101")
+    assert poll_once(source, server, spool, conn)
+    assert len(server.retrieved) == 3 and len(list(spool.incoming.glob("*/*/*.dcm"))) == 3
+    assert poll_once(source, server, spool, conn)  # nothing new: nothing fetched
+    assert len(server.retrieved) == 3
+    server.datasets.append(datasets[3])  # the server got one more instance
+    assert poll_once(source, server, spool, conn)
+    assert server.retrieved[3:] == [datasets[3].SOPInstanceUID]
+    uid = datasets[0].SeriesInstanceUID
+    row = conn.execute("SELECT instances FROM series WHERE uid = ?", (uid,)).fetchone()
+    fetched = conn.execute("SELECT fetched_instances, fetches FROM remote_series").fetchone()
+    assert row["instances"] == 4 and tuple(fetched) == (4, 2)
+    stored = pydicom.dcmread(spool.instance(datasets[3].StudyInstanceUID, uid,
+                                            datasets[3].SOPInstanceUID))  # fmt: skip
+    assert stored.SOPInstanceUID == datasets[3].SOPInstanceUID and "PixelData" in stored
+    (before,) = read_status(spool.root)["sources"]
+    server.down = True  # a failed poll is recorded; the window does not move
+    assert not poll_once(source, server, spool, conn)
+    (web,) = read_status(spool.root)["sources"]
+    assert (web["polls"], web["failures"], web["series_fetched"]) == (4, 1, 1)
+    assert "connection refused" in web["last_error"]
+    assert web["last_success"] == before["last_success"]
+    assert before["study_dates"] != "20200101-"  # from the 2nd poll on: lookback_days
+
+
+def test_service_refuses_to_start_with_credentials_others_can_read(tmp_path):
+    creds = _private(tmp_path / "pacs.yaml", "username: u\npassword: s3cret-pw\n", 0o644)
+    sources = [{"name": "web", "url": "http://127.0.0.1:1/dicom-web", "credentials": "pacs.yaml"}]
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, dicomweb_sources=sources)))
+    result = subprocess.run([*MEDSEG, "serve", str(path)], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"chmod 600 {creds}" in result.stderr and "s3cret-pw" not in result.stderr
+
+
+# ---------------------------------------------------------------- DICOMweb: end to end
+
+
+class Proxy:
+    """An HTTP proxy to ``target`` on ``port``, started late: a DICOMweb source that is
+    down at first, then comes up."""
+
+    def __init__(self, port: int, target: str):
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                keep = {"Authorization", "Accept", "Content-Type"}
+                headers = {k: v for k, v in self.headers.items() if k in keep}
+                request = urllib.request.Request(target + self.path, body, headers,
+                                                 method=self.command)  # fmt: skip
+                try:
+                    answer = urllib.request.urlopen(request, timeout=60)
+                except urllib.error.HTTPError as error:
+                    answer = error
+                data = answer.read()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", ""))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def web_orthanc(tmp_path_factory):
+    """A second private Orthanc with only the real MR series of study2 (uploaded by
+    REST), polled over DICOMweb; the module's other Orthanc gets C-STORE results."""
+    import orthanc_server
+
+    reason = orthanc_server.unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = orthanc_server.start(tmp_path_factory.mktemp("web_orthanc"))
+    try:
+        yield server
+    finally:
+        orthanc_server.stop(server.root)
+
+
+def _web_state(node: Node) -> dict:
+    conn = connect(node.spool.database, readonly=True)
+    try:
+        return {
+            "remote": [dict(r) for r in conn.execute("SELECT * FROM remote_series")],
+            "series": [dict(r) for r in conn.execute("SELECT * FROM series")],
+            "deliveries": [dict(r) for r in conn.execute("SELECT * FROM deliveries")],
+            "sources": {r["name"]: dict(r) for r in conn.execute("SELECT * FROM sources")},
+        }
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_dicomweb_source_and_stow_destination(web_orthanc, untrained_model, dicom_dir, tmp_path):
+    import datetime
+    import json
+
+    answers = web_orthanc.upload(dicom_dir / STUDY2)
+    source = pydicom.dcmread(dicom_dir / STUDY2 / "1.dcm", stop_before_pixels=True)
+    uid = source.SeriesInstanceUID
+    user, password = web_orthanc.auth
+    _private(tmp_path / "orthanc.yaml", yaml.safe_dump({"username": user, "password": password}))
+    # later polls must still see study2 (StudyDate 2020): dedup, not the window, stops a refetch
+    lookback = (datetime.date.today() - datetime.date(2020, 1, 1)).days
+    down_port = free_ports(1)[0]
+    web = {"url": web_orthanc.dicomweb_url, "credentials": "orthanc.yaml"}
+    config = {
+        "ae_title": "MEDSEG", "port": free_ports(1)[0], "allowed_callers": [CALLER],
+        "spool": "spool", "quiet_seconds": 1, "models": {"mr": str(untrained_model)},
+        "routes": [{"name": "mr", "model": "mr", "modality": "MR", "min_instances": 5}],
+        "destinations": [{"name": "web", **web}],
+        "dicomweb_sources": [
+            {"name": "web", **web, "poll_seconds": 1, "filters": {"Modality": "MR"},
+             "since": "20200101", "lookback_days": lookback},
+            {"name": "down", "url": f"http://127.0.0.1:{down_port}/dicom-web",
+             "credentials": "orthanc.yaml", "poll_seconds": 1, "since": "20200101",
+             "filters": {"Modality": "MR"}},
+        ],
+        "retry": {"backoff_seconds": [0.5, 1], "max_attempts": 100},
+        "prediction": {"device": "cpu", "mirroring": False},
+    }  # fmt: skip
+    node, proxy = Node(tmp_path, config), None
+    node.start()
+    try:
+        segs = wait_for("a SEG in Orthanc", lambda: results_in_orthanc(web_orthanc, "SEG").get(uid))
+        wait_for("the STOW-RS delivery", lambda: _web_state(node)["deliveries"], 30)
+        polls = _web_state(node)["sources"]["web"]["polls"]
+        wait_for("two more polls", lambda: _web_state(node)["sources"]["web"]["polls"] >= polls + 2)
+        down = _web_state(node)["sources"]["down"]
+        assert node.proc.poll() is None and down["failures"] >= 2 and not down["last_success"]
+        assert "Connection" in down["last_error"]
+        proxy = Proxy(down_port, web_orthanc.url)  # the source that was down comes up
+        wait_for("the source up", lambda: _web_state(node)["sources"]["down"]["last_success"])
+        time.sleep(1.5)  # nothing more comes
+        state = _web_state(node)
+        status = json.loads(
+            subprocess.run(
+                [*MEDSEG, "serve", str(node.path), "--status", "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        text = subprocess.run([*MEDSEG, "serve", str(node.path), "--status"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    finally:
+        assert node.stop() == 0
+        if proxy is not None:
+            proxy.close()
+    # one SEG in Orthanc, in the source's study, delivered once by STOW-RS
+    assert len(results_in_orthanc(web_orthanc, "SEG")[uid]) == len(segs) == 1
+    assert segs[0].StudyInstanceUID == source.StudyInstanceUID
+    (delivery,) = state["deliveries"]
+    assert (delivery["destination"], delivery["state"], delivery["attempts"]) == (
+        "web",
+        "delivered",
+        1,
+    )
+    # fetched and predicted once, though polled many times, and by two sources
+    (series,) = state["series"]
+    assert (series["uid"], series["state"], series["run"], series["attempts"]) == (
+        uid,
+        "done",
+        1,
+        1,
+    )
+    assert series["instances"] == len(answers)
+    remote = {r["source"]: r for r in state["remote"]}
+    assert remote["web"]["fetches"] == 1 and remote["web"]["fetched_instances"] == len(answers)
+    assert remote["down"]["fetches"] == 1  # listed, nothing retrieved: every SOP was known
+    assert len(list(node.spool.incoming.glob("*/*/*.dcm"))) == len(answers)
+    log = node.log()
+    assert log.count(f"series {uid}: fetching") == 2
+    assert f"series {uid}: fetching {len(answers)} of its" in log
+    assert f"series {uid}: fetching 0 of its" in log
+    assert log.count("source down: poll failed") == 1  # a warning once, not every second
+    assert "source down: answering again after" in log
+    assert str(source.PatientName) not in log and str(source.PatientID) not in log
+    assert password not in log
+    # --status: the sources' polls and the deliveries pending per destination
+    by_name = {s["name"]: s for s in status["sources"]}
+    assert by_name["web"]["last_success"] and by_name["web"]["series_fetched"] == 1
+    assert by_name["down"]["last_error"] and status["pending_by_destination"] == {}
+    assert "DICOMweb sources" in text and "down" in text

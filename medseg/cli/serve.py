@@ -11,7 +11,9 @@ from pathlib import Path
 
 from medseg.cli.console import add_command, out
 
-HELP = "run a DICOM node: receive series by C-STORE, segment them, send the results back"
+HELP = (
+    "run a DICOM node: receive series by C-STORE or DICOMweb, segment them, send the results back"
+)
 EPILOG = """\
 medseg serve listens as a DICOM application entity (AE). A PACS sends it series by
 C-STORE; each instance is written to the spool before it is acknowledged. A series
@@ -21,6 +23,14 @@ names the model, which was loaded once at start. One series is predicted at a ti
 (as 'medseg predict' does) and each result (DICOM-SEG, RTSTRUCT) is sent by
 C-STORE to every destination (or copied to a folder), retried with back-off while
 a destination is down. A series no route matches is ignored (logged by its UID).
+
+DICOMweb: each of dicomweb_sources is polled every poll_seconds (QIDO-RS, by
+StudyDate from 'since', later from the last good poll's date minus lookback_days);
+each new series is fetched once by WADO-RS into the same spool (a series is fetched
+again only if the server reports more instances), and is complete quiet_seconds
+after its last instance, as if it came by C-STORE. A destination with a url gets
+the results by STOW-RS. Credentials (username/password, or token) live in a YAML
+file named by 'credentials', refused unless private (chmod 600), never in the URL.
 
 Nothing is lost when the service is killed: at the next start a series that was
 being predicted is predicted again, a result already delivered is not sent again,
@@ -41,7 +51,8 @@ with --example-config. Only the calling AE titles in allowed_callers may connect
 Examples:
   medseg serve --example-config > serve.yaml     then edit it
   medseg serve serve.yaml -v                      run until SIGTERM / Ctrl-C
-  medseg serve serve.yaml --status                what is queued, done, failed
+  medseg serve serve.yaml --status                what is queued, done, failed;
+                                                  sources' last poll, pending deliveries
   medseg serve serve.yaml --status --json         the same as JSON (schema_version 1)
 """
 
@@ -91,11 +102,18 @@ def _print_status(summary: dict) -> None:
     counts = ", ".join(f"{n} {state}" for state, n in summary["series"].items())
     sent = ", ".join(f"{n} {state}" for state, n in summary["deliveries"].items())
     out.print(f"series: {counts}\ndeliveries: {sent}", highlight=False)
+    waiting = summary.get("pending_by_destination", {})
+    if waiting:
+        by_dest = ", ".join(f"{name} {n}" for name, n in waiting.items())
+        out.print(f"pending by destination: {by_dest}", highlight=False, markup=False)
+    sources = [_source_row(s) for s in summary.get("sources", [])]
     for title, rows, columns in (
         ("last results", summary["last_done"], ("uid", "run", "route", "instances")),
         ("failed series", summary["failed"], ("uid", "run", "attempts", "error")),
         ("deliveries not (yet) made", summary["delivery_problems"],
          ("series", "destination", "state", "attempts", "error")),
+        ("DICOMweb sources", sources,
+         ("name", "last_success", "polls", "failures", "series_fetched", "last_error")),
     ):  # fmt: skip
         if not rows:
             continue
@@ -105,6 +123,19 @@ def _print_status(summary: dict) -> None:
         for row in rows:
             table.add_row(*(escape(str(row[c])) for c in columns))
         out.print(table)
+
+
+def _source_row(source: dict) -> dict:
+    """A source's status with its times readable (local time) and its error shortened."""
+    import time
+
+    row = dict(source)
+    for key in ("last_success", "last_poll", "last_error_time"):
+        value = row.get(key)
+        row[key] = "never" if value is None else time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                time.localtime(value))  # fmt: skip
+    row["last_error"] = (row.get("last_error") or "")[:120]
+    return row
 
 
 def _log_to_file(path: Path) -> None:

@@ -9,12 +9,14 @@ wins; a series no route matches is ignored.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from medseg.core.errors import MedsegError
 from medseg.core.options import OutputFormat
@@ -47,7 +49,21 @@ destinations:                    # every result goes to each of them
     port: 4242
   - name: archive                # a folder: <folder>/<SeriesInstanceUID>/<run>/<file>
     folder: results/
+  - name: pacs-web               # STOW-RS to a DICOMweb server
+    url: https://pacs.example.org/dicom-web
+    credentials: secrets/pacs-web.yaml   # see dicomweb_sources
+dicomweb_sources:                # DICOMweb servers polled for new series (QIDO-RS, WADO-RS)
+  - name: pacs-web
+    url: https://pacs.example.org/dicom-web
+    credentials: secrets/pacs-web.yaml   # "username: ..." and "password: ...", or
+                                 # "token: ..." (a bearer token); chmod 600, or it is refused
+    poll_seconds: 60
+    filters: {Modality: MR}      # QIDO-RS keys (Modality, BodyPartExamined, ...), exact values
+    since: "20250101"            # first poll: StudyDate from this day (default: today - lookback)
+    lookback_days: 1             # later polls: from this many days before the last good poll
 formats: [dicom-seg, rtstruct]   # dicom-seg, rtstruct, nifti (nifti goes to folders only)
+statistics: false                # measurements per structure (JSON + CSV; folders only)
+preview: false                   # a three-plane PNG per series (folders only)
 retry:                           # deliveries to a destination that is down
   backoff_seconds: [5, 30, 120, 600]   # wait before try 2, 3, 4, and after (the last)
   max_attempts: 50
@@ -76,17 +92,42 @@ class Route:
 
 @dataclass(frozen=True)
 class Destination:
-    """Where results go: a C-STORE SCP (``ae_title``, ``host``, ``port``) or a ``folder``."""
+    """Where results go: a C-STORE SCP (``ae_title``, ``host``, ``port``), a ``folder``,
+    or a DICOMweb server's STOW-RS (``url``, ``credentials``)."""
 
     name: str
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
     folder: Path | None = None
+    url: str | None = None
+    credentials: Path | None = None
 
     @property
     def is_folder(self) -> bool:
         return self.folder is not None
+
+    @property
+    def is_dicomweb(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
+class DicomwebSource:
+    """A DICOMweb server polled every ``poll_seconds`` for new series.
+
+    ``filters``: QIDO-RS search keys and values (``(("Modality", "MR"),)``); ``since``:
+    the first poll's lowest StudyDate (``YYYYMMDD``; None: today); later polls start
+    ``lookback_days`` before the date of the last successful poll.
+    """
+
+    name: str
+    url: str
+    credentials: Path | None = None
+    poll_seconds: float = 60.0
+    filters: tuple[tuple[str, str], ...] = ()
+    since: str | None = None
+    lookback_days: int = 1
 
 
 @dataclass(frozen=True)
@@ -118,8 +159,11 @@ class ServeConfig:
     host: str = "127.0.0.1"
     quiet_seconds: float = 10.0
     formats: tuple[OutputFormat, ...] = (OutputFormat.DICOM_SEG,)
+    statistics: bool = False
+    preview: bool = False
     retry: Retry = field(default_factory=Retry)
     prediction: Prediction = field(default_factory=Prediction)
+    dicomweb_sources: tuple[DicomwebSource, ...] = ()
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
@@ -184,10 +228,55 @@ def _route(i: int, raw: dict, models: dict) -> Route:
     )
 
 
-def _destination(raw: dict, base: Path) -> Destination:
+def _path(value: str | None, base: Path) -> Path | None:
+    return None if value is None else (base / value).resolve()
+
+
+def _url(where: str, url: str) -> str:
+    """``url`` without a trailing slash; refused (never echoed) if it holds a user or password."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ServeConfigError(
+            f"{where}.url: holds a user name or password; remove them from the URL and put "
+            "them in the credentials file (chmod 600)"
+        )
+    return url.rstrip("/")
+
+
+def _destination(i: int, raw: dict, base: Path) -> Destination:
     if "folder" in raw:
-        return Destination(raw["name"], folder=(base / raw["folder"]).resolve())
+        return Destination(raw["name"], folder=_path(raw["folder"], base))
+    if "url" in raw:
+        url = _url(f"destinations[{i}]", raw["url"])
+        return Destination(raw["name"], url=url, credentials=_path(raw.get("credentials"), base))
     return Destination(raw["name"], raw["ae_title"], raw["host"], raw["port"])
+
+
+def _source(i: int, raw: dict, base: Path) -> DicomwebSource:
+    since = raw.get("since")
+    if since is not None:
+        try:
+            datetime.datetime.strptime(since, "%Y%m%d")
+        except ValueError:
+            raise ServeConfigError(
+                f"dicomweb_sources[{i}].since: {since!r} is not a date; write YYYYMMDD, "
+                "e.g. '20250101'"
+            ) from None
+    return DicomwebSource(
+        name=raw["name"],
+        url=_url(f"dicomweb_sources[{i}]", raw["url"]),
+        credentials=_path(raw.get("credentials"), base),
+        poll_seconds=float(raw.get("poll_seconds", 60)),
+        filters=tuple(sorted(raw.get("filters", {}).items())),
+        since=since,
+        lookback_days=raw.get("lookback_days", 1),
+    )
+
+
+def _unique(where: str, key: str, names: list[str]) -> None:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ServeConfigError(f"{where}: {key}: name {twice[0]!r} is used twice")
 
 
 def parse_config(document: object, base: Path, where: str = "config") -> ServeConfig:
@@ -206,12 +295,15 @@ def parse_config(document: object, base: Path, where: str = "config") -> ServeCo
             raise ServeConfigError(
                 f"{where}: models.{name}: {path} is not a folder; check the path"
             )
-    names = [d["name"] for d in document["destinations"]]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ServeConfigError(f"{where}: destinations: name {twice[0]!r} is used twice")
+    _unique(where, "destinations", [d["name"] for d in document["destinations"]])
+    raw_sources = document.get("dicomweb_sources", [])
+    _unique(where, "dicomweb_sources", [s["name"] for s in raw_sources])
     try:
         routes = tuple(_route(i, r, models) for i, r in enumerate(document["routes"]))
+        sources = tuple(_source(i, s, base) for i, s in enumerate(raw_sources))
+        destinations = tuple(
+            _destination(i, d, base) for i, d in enumerate(document["destinations"])
+        )
     except ServeConfigError as e:
         raise ServeConfigError(f"{where}: {e}") from None
     retry, prediction = document.get("retry", {}), document.get("prediction", {})
@@ -224,13 +316,16 @@ def parse_config(document: object, base: Path, where: str = "config") -> ServeCo
         quiet_seconds=float(document.get("quiet_seconds", 10)),
         models=models,
         routes=routes,
-        destinations=tuple(_destination(d, base) for d in document["destinations"]),
+        destinations=destinations,
         formats=tuple(OutputFormat(f) for f in document.get("formats", ["dicom-seg"])),
+        statistics=bool(document.get("statistics", False)),
+        preview=bool(document.get("preview", False)),
         retry=Retry(
             tuple(float(s) for s in retry.get("backoff_seconds", Retry.backoff_seconds)),
             retry.get("max_attempts", Retry.max_attempts),
         ),
         prediction=Prediction(**prediction),
+        dicomweb_sources=sources,
     )
 
 

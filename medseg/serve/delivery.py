@@ -1,10 +1,12 @@
-"""Delivering results: C-STORE to a DICOM node, or a durable copy into a folder.
+"""Delivering results: C-STORE to a DICOM node, STOW-RS to a DICOMweb server, or a
+durable copy into a folder.
 
 Each delivery is one file to one destination, recorded in the queue. It is marked
-delivered only after the destination confirmed it (C-STORE success or warning) or
-the copy was synced; a failed try waits ``retry.backoff_seconds`` and tries again,
-up to ``retry.max_attempts``. A crash between the send and its record sends the
-same file again: same SOPInstanceUID, so the receiver keeps one instance.
+delivered only after the destination confirmed it (C-STORE success or warning,
+STOW-RS success without a failed instance) or the copy was synced; a failed try
+waits ``retry.backoff_seconds`` and tries again, up to ``retry.max_attempts``.
+A crash between the send and its record sends the same file again: same
+SOPInstanceUID, so the receiver keeps one instance.
 """
 
 from __future__ import annotations
@@ -69,19 +71,41 @@ def _log_failure(row, path: Path, state: str, error: Exception) -> None:
     log.log(level, "series %s: %s not delivered to %s (%s): %s", *what)
 
 
-def deliver_once(config: ServeConfig, conn) -> int:
-    """Try every delivery that is due; returns how many were tried."""
+def send_stow(dest: Destination, path: Path, clients: dict) -> None:
+    """STOW-RS ``path`` to ``dest`` with its client in ``clients`` (made once, its
+    credentials read then); DeliveryError saying why if not stored."""
+    from medseg.serve.dicomweb import make_client, stow
+
+    if dest.name not in clients:
+        clients[dest.name] = make_client(dest.url, dest.credentials)
+    try:
+        stow(clients[dest.name], path)
+    except OSError as e:  # requests' errors and StowError are OSErrors
+        raise DeliveryError(f"{dest.name} ({dest.url}): {type(e).__name__}: {e}") from None
+
+
+def _deliver(config: ServeConfig, row, clients: dict) -> None:
+    dest = config.destination(row["destination"])
+    path = Path(row["file"])
+    if dest is None:
+        raise DeliveryError(f"destination {row['destination']!r} is no longer configured")
+    if dest.is_folder:
+        copy_to_folder(dest, path, row["series"], row["run"])
+    elif dest.is_dicomweb:
+        send_stow(dest, path, clients)
+    else:
+        send_cstore(dest, path, config.ae_title)
+
+
+def deliver_once(config: ServeConfig, conn, clients: dict | None = None) -> int:
+    """Try every delivery that is due; returns how many were tried. ``clients``:
+    destination name -> DICOMweb client, kept by the caller (made when missing)."""
+    clients = {} if clients is None else clients
     rows = due_deliveries(conn, time.time())
     for row in rows:
-        dest = config.destination(row["destination"])
         path = Path(row["file"])
         try:
-            if dest is None:
-                raise DeliveryError(f"destination {row['destination']!r} is no longer configured")
-            if dest.is_folder:
-                copy_to_folder(dest, path, row["series"], row["run"])
-            else:
-                send_cstore(dest, path, config.ae_title)
+            _deliver(config, row, clients)
         except Exception as e:  # any failure is retried; the thread goes on
             state = delivery_failed(conn, row["id"], str(e), config.retry, time.time())
             _log_failure(row, path, state, e)

@@ -4,16 +4,18 @@ For every C-STORE: the UIDs are checked against the DICOM UID grammar (they alon
 name the file), the instance is written durably to
 ``spool/incoming/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` exactly as it was
 sent (never decoded and re-encoded), then recorded in the queue, and only then is
-success answered. Nothing here waits for a prediction. Associations from calling AE
-titles not in ``allowed_callers``, or calling another AE title than ours, are
-rejected. Accepted: the storage SOP classes pynetdicom knows (MR, CT, enhanced MR/CT,
-...), in the uncompressed transfer syntaxes (a sender transcodes compressed images).
+success answered (:func:`accept_instance`, which the DICOMweb poller uses too).
+Nothing here waits for a prediction. Associations from calling AE titles not in
+``allowed_callers``, or calling another AE title than ours, are rejected. Accepted:
+the storage SOP classes pynetdicom knows (MR, CT, enhanced MR/CT, ...), in the
+uncompressed transfer syntaxes (a sender transcodes compressed images).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
@@ -53,12 +55,33 @@ def _uids(event) -> tuple[str, str, str]:
     return uids[0], uids[1], sop
 
 
+def accept_instance(
+    spool: Spool, conn, uids: tuple[str, str, str], dataset, encode: Callable[[], bytes]
+) -> str:
+    """Spool one instance durably, then record it: the one path every instance takes,
+    whether it came by C-STORE or by DICOMweb. ``uids`` is ``(study, series, sop)``;
+    ``encode()`` gives the Part 10 bytes to keep (called only for a new instance).
+    Returns :func:`~medseg.serve.state.record_instance`'s answer (``duplicate``,
+    ``new``, ``new run``); raises SpoolError for a UID that cannot name a file, OSError
+    when the spool cannot be written."""
+    study, series, sop = uids
+    path = spool.instance(study, series, sop)
+    if conn.execute("SELECT 1 FROM instances WHERE sop = ?", (sop,)).fetchone():
+        log.debug("duplicate instance %s ignored", sop)
+        return "duplicate"
+    write_durable(path, encode())
+    what = record_instance(conn, sop, series, study, series_attributes(dataset), path, time.time())
+    if what == "new run":
+        log.info("series %s: new instances after its last run; it will be predicted again", series)
+    return what
+
+
 def store(event, spool: Spool, conn) -> int:
     """Handle one C-STORE: spool, record, answer. Returns the DIMSE status."""
     caller = event.assoc.requestor.ae_title
     try:
-        study, series, sop = _uids(event)
-        path = spool.instance(study, series, sop)
+        uids = _uids(event)
+        spool.instance(*uids)
     except SpoolError as e:
         log.warning("refused an instance from %s: %s", caller, e)
         return CANNOT_UNDERSTAND
@@ -68,18 +91,11 @@ def store(event, spool: Spool, conn) -> int:
         )
         return CANNOT_UNDERSTAND
     try:
-        if conn.execute("SELECT 1 FROM instances WHERE sop = ?", (sop,)).fetchone():
-            log.debug("duplicate instance %s ignored", sop)
-            return SUCCESS
-        write_durable(path, event.encoded_dataset(include_meta=True))
-        what = record_instance(
-            conn, sop, series, study, series_attributes(event.dataset), path, time.time()
-        )
+        encode = lambda: event.encoded_dataset(include_meta=True)  # noqa: E731
+        accept_instance(spool, conn, uids, event.dataset, encode)
     except OSError as e:
-        log.error("could not spool instance %s of series %s: %s", sop, series, e)
+        log.error("could not spool instance %s of series %s: %s", uids[2], uids[1], e)
         return OUT_OF_RESOURCES
-    if what == "new run":
-        log.info("series %s: new instances after its last run; it will be predicted again", series)
     return SUCCESS
 
 

@@ -1,11 +1,13 @@
-"""The service: a Store SCP, a scheduler, one prediction worker and one delivery thread.
+"""The service: a Store SCP, a scheduler, one prediction worker, one delivery thread,
+and one poller thread per DICOMweb source.
 
-:class:`Service` only holds resources (the spool lock, connections, threads); what
-each thread does is a function of :mod:`medseg.serve.worker` and
-:mod:`medseg.serve.delivery`. Start: lock the spool (one service per spool), open
-the queue, recover from a crash (temporary files removed, instance files that were
-written but not recorded are recorded, series left ``processing`` requeued), load
-every model, then listen. Stop: the SCP stops accepting first, then the threads end
+:class:`Service` only holds resources (the spool lock, connections, DICOMweb clients,
+threads); what each thread does is a function of :mod:`medseg.serve.worker`,
+:mod:`medseg.serve.delivery` and :mod:`medseg.serve.poller`. Start: lock the spool
+(one service per spool), open the queue, recover from a crash (temporary files
+removed, instance files that were written but not recorded are recorded, series
+left ``processing`` requeued), read every credentials file (refused unless private),
+load every model, then listen and poll. Stop: the SCP stops accepting first, then the threads end
 after their current step (a prediction under way is finished).
 """
 
@@ -20,6 +22,8 @@ import time
 from medseg.core.errors import MedsegError
 from medseg.serve.config import ServeConfig
 from medseg.serve.delivery import deliver_once
+from medseg.serve.dicomweb import make_client
+from medseg.serve.poller import poll_once
 from medseg.serve.receiver import Receiver, series_attributes
 from medseg.serve.spool import Spool, stray_files
 from medseg.serve.state import connect, init_schema, record_instance, recover
@@ -96,6 +100,12 @@ class Service:
         counts = recover_spool(self.spool, self.connection(), self.config.retry.max_attempts)
         if any(counts.values()):
             log.info("recovered: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        sources = {s.name: make_client(s.url, s.credentials) for s in self.config.dicomweb_sources}
+        stow = {
+            d.name: make_client(d.url, d.credentials)
+            for d in self.config.destinations
+            if d.is_dicomweb
+        }
         models = Models(self.config)
         try:
             self.receiver.start()
@@ -107,12 +117,28 @@ class Service:
         loops = {
             "scheduler": lambda conn: schedule_once(self.config, conn),
             "worker": lambda conn: work_once(models, self.config, self.spool, conn),
-            "delivery": lambda conn: deliver_once(self.config, conn),
+            "delivery": lambda conn: deliver_once(self.config, conn, stow),
         }
         for name, step in loops.items():
-            thread = threading.Thread(target=self._loop, args=(name, step), name=name)
-            thread.start()
-            self.threads.append(thread)
+            self._thread(name, self._loop, name, step)
+        for source in self.config.dicomweb_sources:
+            self._thread(f"poll-{source.name}", self._poll_loop, source, sources[source.name])
+
+    def _thread(self, name: str, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name)
+        thread.start()
+        self.threads.append(thread)
+
+    def _poll_loop(self, source, client) -> None:
+        """Poll ``source`` every ``poll_seconds`` (a failed poll is recorded and retried)."""
+        conn = self.connection()
+        log.info("polling %s every %g s", source.name, source.poll_seconds)
+        while not self.stopping.is_set():
+            try:
+                poll_once(source, client, self.spool, conn, self.stopping.is_set)
+            except Exception:  # e.g. the queue is busy: logged, tried at the next poll
+                log.exception("poll-%s: unexpected error", source.name)
+            self.stopping.wait(source.poll_seconds)
 
     def _loop(self, name: str, step) -> None:
         conn = self.connection()

@@ -15,6 +15,11 @@ in the same transaction that marks the series done; a delivery goes pending ->
 delivered (or failed after ``retry.max_attempts``). After a crash, :func:`recover`
 puts each ``processing`` series back to ``complete``: its run's outputs were never
 delivered (no delivery rows existed), so it is predicted again and delivered once.
+
+DICOMweb sources: ``sources`` holds each source's polls (last success, last error,
+the StudyDate window asked), ``remote_series`` each series fetched from a source and
+how many of its instances (a series is fetched again only when the server reports
+more instances than were fetched).
 """
 
 from __future__ import annotations
@@ -50,6 +55,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL, error TEXT,
     delivered REAL, UNIQUE (series, run, destination, file));
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_try);
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY, polls INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0, study_dates TEXT, last_poll REAL, last_success REAL,
+    last_error TEXT, last_error_time REAL);
+CREATE TABLE IF NOT EXISTS remote_series (
+    source TEXT NOT NULL, uid TEXT NOT NULL, study TEXT NOT NULL, remote_instances INTEGER,
+    fetched_instances INTEGER NOT NULL, fetches INTEGER NOT NULL DEFAULT 0,
+    first_fetch REAL NOT NULL, last_fetch REAL NOT NULL, PRIMARY KEY (source, uid));
 """
 
 
@@ -270,6 +283,10 @@ def summary(conn, last: int = 10) -> dict:
         "FROM deliveries WHERE state != 'delivered' AND attempts > 0 ORDER BY id LIMIT ?",
         (last,),
     )
+    pending = conn.execute(
+        "SELECT destination, COUNT(*) AS n FROM deliveries WHERE state = 'pending' "
+        "GROUP BY destination ORDER BY destination"
+    )
     return {
         "schema_version": SCHEMA_VERSION,
         "time": time.time(),
@@ -278,4 +295,73 @@ def summary(conn, last: int = 10) -> dict:
         "last_done": [dict(r) for r in recent],
         "failed": [dict(r) for r in failures],
         "delivery_problems": [dict(r) for r in problems],
+        "pending_by_destination": {r["destination"]: r["n"] for r in pending},
+        "sources": _sources(conn),
     }
+
+
+def _sources(conn) -> list[dict]:
+    """Each DICOMweb source's polls and series fetched ([] for a queue made before them)."""
+    known = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sources'").fetchone()
+    if not known:
+        return []
+    rows = conn.execute(
+        "SELECT s.*, (SELECT COUNT(*) FROM remote_series r WHERE r.source = s.name) "
+        "AS series_fetched FROM sources s ORDER BY s.name"
+    )
+    return [dict(r) for r in rows]
+
+
+def poll_recorded(conn, source: str, now: float, dates: str, error: str | None = None) -> int:
+    """Record one poll of ``source`` (``error`` None: it succeeded). Returns how many
+    polls in a row have failed (0 after a success)."""
+    with transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (source,))
+        if error is None:
+            conn.execute(
+                "UPDATE sources SET polls = polls + 1, failures = 0, study_dates = ?, "
+                "last_poll = ?, last_success = ? WHERE name = ?",
+                (dates, now, now, source),
+            )
+        else:
+            conn.execute(
+                "UPDATE sources SET polls = polls + 1, failures = failures + 1, study_dates = ?, "
+                "last_poll = ?, last_error = ?, last_error_time = ? WHERE name = ?",
+                (dates, now, error, now, source),
+            )
+        row = conn.execute("SELECT failures FROM sources WHERE name = ?", (source,)).fetchone()
+    return row["failures"]
+
+
+def source_polls(conn, source: str) -> tuple[float | None, int]:
+    """``(last_success, failures)`` of ``source``: when it was last polled successfully
+    (epoch seconds, None if never) and how many polls have failed since."""
+    row = conn.execute(
+        "SELECT last_success, failures FROM sources WHERE name = ?", (source,)
+    ).fetchone()
+    return (row["last_success"], row["failures"]) if row else (None, 0)
+
+
+def fetched_counts(conn, source: str) -> dict[str, int]:
+    """SeriesInstanceUID -> instances fetched, for every series fetched from ``source``."""
+    rows = conn.execute(
+        "SELECT uid, fetched_instances FROM remote_series WHERE source = ?", (source,)
+    )
+    return {r["uid"]: r["fetched_instances"] for r in rows}
+
+
+def series_fetched(
+    conn, source: str, uids: tuple[str, str], counts: tuple[int | None, int], now: float
+) -> None:
+    """Record a finished fetch of series ``uids`` (study, series) from ``source``:
+    ``counts`` is (instances the server reported, instances now fetched)."""
+    (study, series), (remote, fetched) = uids, counts
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO remote_series (source, uid, study, remote_instances, "
+            "fetched_instances, fetches, first_fetch, last_fetch) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
+            "ON CONFLICT (source, uid) DO UPDATE SET remote_instances = excluded.remote_instances, "
+            "fetched_instances = excluded.fetched_instances, fetches = fetches + 1, "
+            "last_fetch = excluded.last_fetch",
+            (source, series, study, remote, fetched, now, now),
+        )

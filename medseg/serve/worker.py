@@ -63,7 +63,9 @@ def predict_run(models: Models, config: ServeConfig, spool: Spool, series, files
     uid, run = series["uid"], series["run"]
     folder = snapshot(files, spool.work(uid, run))
     case = CaseInput(uid, folder, uid)
-    settings = BatchSettings(formats=config.formats)
+    settings = BatchSettings(
+        formats=config.formats, statistics=config.statistics, preview=config.preview
+    )
     bundle = models.bundles[series["model"]]
     result = run_batch(bundle, [case], spool.results(uid, run), models.options, settings)
     shutil.rmtree(folder, ignore_errors=True)
