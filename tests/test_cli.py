@@ -20,10 +20,12 @@ def test_help_teaches_every_command():
 
     actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     names = list(actions[0].choices)
-    assert len(names) == 19 and {
+    assert len(names) == 21 and {
         "predict",
         "select",
         "export",
+        "export-model",
+        "install-model",
         "curves",
         "previous-stage",
         "status",

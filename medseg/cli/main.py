@@ -13,8 +13,10 @@ from medseg.cli import (
     convert,
     evaluate,
     export,
+    export_model,
     fingerprint,
     info,
+    install_model,
     plan,
     predict,
     preprocess,
@@ -46,6 +48,8 @@ COMMANDS = (
     evaluate,
     select,
     export,
+    export_model,
+    install_model,
     qc,
     summary,
     status,
@@ -75,6 +79,8 @@ The pipeline, one command per stage (the Snakemake workflow runs them for you):
   medseg evaluate predictions/ labels/          Dice, HD95, NSD per class and case
   medseg status results/NAME                    each training job's epoch, Dice, time left
   medseg predict -m MODEL -i scan.nii.gz dicom_folder/ -o out/
+  medseg export-model model/ -o model.zip       one checked file to share a model
+  medseg install-model model.zip                check every file, then install it
   medseg serve serve.yaml                       a DICOM node: C-STORE in, DICOM-SEG back
 
 Run 'medseg COMMAND --help' for the options of each command.

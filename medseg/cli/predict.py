@@ -68,8 +68,11 @@ OUTDIR/manifest.jsonl with the reason (and the gate's findings) and the batch
 goes on; the exit code is 1 if any case failed. --skip-existing makes an
 interrupted batch resumable.
 
-MODEL is a medseg model folder or an nnU-Net v2 results folder
-(Trainer__Plans__Configuration with fold_*/checkpoint_final.pth).
+MODEL is a medseg model folder, an nnU-Net v2 results folder
+(Trainer__Plans__Configuration with fold_*/checkpoint_final.pth), or a medseg model
+package (model.zip, from 'medseg export-model'): the package is checked whole (member
+names, sizes, SHA-256 of every file) and extracted once into --model-cache, in a
+folder named by the zip's digest, reused while its files are intact.
 
 Examples:
   medseg predict -m models/hippocampus -i scan.nii.gz -o out/
@@ -78,6 +81,7 @@ Examples:
       -i /data/study1 -o out/ --formats nifti dicom-seg probabilities --folds 0 1
   medseg predict -m models/hippocampus -i /data/study1 -o out/ --formats nifti rtstruct
   medseg predict -m models/hippocampus -i /pacs/export/ -o out/ --statistics --preview
+  medseg predict -m hippocampus.zip -i scan.nii.gz -o out/
 """
 
 
@@ -156,6 +160,13 @@ def add_parser(sub) -> None:
         "weights (default: ~/.cache/medseg/openvino)",
     )
     p.add_argument(
+        "--model-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "medseg" / "models",
+        help="where a model package (-m model.zip) is extracted, in a folder named by the "
+        "zip's digest (default: ~/.cache/medseg/models)",
+    )
+    p.add_argument(
         "--engine",
         choices=values(Engine),
         default=Engine.AUTO.value,
@@ -203,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
     from medseg.inference.engines import resolve_engine
     from medseg.nets.device import resolve_device
 
+    if args.model.is_file():  # a model package: checked, extracted once, then a folder
+        from medseg.inference.package import cached_model
+
+        args.model = cached_model(args.model, args.model_cache)
     device = resolve_device(args.device)
     # The model (checked whole) comes before the inputs: its channel count decides how
     # channel files group into cases, hence the case ids and the output names checked next.

@@ -96,3 +96,8 @@ class TrainingError(MedsegError, ValueError):
 
 class UsageError(MedsegError, ValueError):
     """A command-line option has a value that cannot work."""
+
+
+class PackageError(MedsegError, ValueError):
+    """A model package (zip) cannot be written, or fails its checks (digest, member name,
+    size, schema)."""
