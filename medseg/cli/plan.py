@@ -17,6 +17,7 @@ from medseg.core.records import FINGERPRINT_SCHEMA, Fingerprint, read_record
 from medseg.io.atomic import write_text_atomic
 from medseg.io.guard import refuse_overlap
 from medseg.planning.planner import CONFIGURATIONS, PlannerSettings, plan_experiment
+from medseg.planning.presets import DEFAULT, PRESETS
 
 HELP = "plan spacing, normalization, networks, patch and batch sizes from a fingerprint"
 EPILOG = """\
@@ -28,9 +29,18 @@ Overrides change the inputs of those rules, never the code. Beside the plans
 (PLANS.json) it writes configurations.json: which configurations have their own
 preprocessed data and which medseg trains (what the workflow runs).
 
+Presets reproduce nnU-Net's planners (nnUNetv2_plan_experiment -pl CLASS):
+  default     ExperimentPlanner: PlainConvUNet, 8 GB target
+  resenc-m    nnUNetPlannerResEncM: ResidualEncoderUNet, 8 GB target (GPUs of ~9-11 GB)
+  resenc-l    nnUNetPlannerResEncL: ResidualEncoderUNet, 24 GB target (e.g. RTX 4090)
+  resenc-xl   nnUNetPlannerResEncXL: ResidualEncoderUNet, 40 GB target (e.g. A100 40GB)
+--gpu-memory scales a preset's memory reference linearly, as nnU-Net's
+-gpu_memory_target does.
+
 Examples:
   medseg plan fp.json -o plans.json                       # nnU-Net's defaults (8 GB)
   medseg plan fp.json -o plans.json --gpu-memory 24
+  medseg plan fp.json -o plans.json --preset resenc-l     # nnUNetResEncUNetLPlans
   medseg plan fp.json -o plans.json --gpu-memory 0.5 --base-features 8 \\
       --configurations 3d_fullres --patch-size 3d_fullres=16x64x64   # a small CPU demo
 """
@@ -51,11 +61,19 @@ def add_parser(sub) -> None:
     p.add_argument("fingerprint", type=Path, metavar="FINGERPRINT", help="fingerprint.json")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="JSON")
     p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=DEFAULT.name,
+        help="nnU-Net planner to reproduce: "
+        + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
+        + " (default: %(default)s)",
+    )
+    p.add_argument(
         "--gpu-memory",
         type=float,
-        default=8.0,
         metavar="GB",
-        help="GPU memory budget in GB (default: %(default)s, as nnU-Net)",
+        help="GPU memory budget in GB (default: the preset's; 8 for default and resenc-m, "
+        "24 for resenc-l, 40 for resenc-xl)",
     )
     p.add_argument(
         "--base-features",
@@ -86,7 +104,10 @@ def add_parser(sub) -> None:
         metavar=("S", "A", "R"),
         help="full-resolution spacing in mm, processing order (S, A, R)",
     )
-    p.add_argument("--plans-name", default="medsegPlans")
+    p.add_argument(
+        "--plans-name",
+        help="plans identifier (default: the preset's, e.g. medsegPlans, nnUNetResEncUNetLPlans)",
+    )
 
 
 def plans_table(plans: Plans | Mapping, trained: dict[str, str] | None = None) -> Table:
@@ -130,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
         patch_size=dict(args.patch_size),
         plans_name=args.plans_name,
+        preset=args.preset,
     )
     plans = plan_experiment(fp, settings)
     if not Plans.of(plans).configurations:

@@ -4,13 +4,15 @@ The plans record keeps nnU-Net v2's layout (``configurations`` with
 ``patch_size``, ``batch_size``, ``spacing``, ``architecture``...), so medseg plans
 and nnU-Net plans can be compared key by key and read by the same code. Every
 knob that nnU-Net fixes in code (GPU memory budget, feature widths, which
-configurations) is a field of :class:`PlannerSettings` instead.
+configurations) is a field of :class:`PlannerSettings` instead, and nnU-Net's
+planner classes (the default one and the Residual Encoder presets) are records of
+:mod:`medseg.planning.presets` that ``PlannerSettings.preset`` names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -19,15 +21,12 @@ from medseg.core.options import ConfigurationName, values
 from medseg.core.records import PLANS_SCHEMA, Fingerprint, stamp
 from medseg.planning.memory import feature_map_voxels
 from medseg.planning.normalization import normalization_plan
+from medseg.planning.presets import DEFAULT, Preset, preset, stage_blocks
 from medseg.planning.spacing import fullres_target_spacing, resampled_shape, transpose_axes
 from medseg.planning.topology import Topology, pool_and_conv_props
 
 CONFIGURATIONS = values(ConfigurationName)
 
-# nnU-Net v2's reference points: a 3D U-Net with these feature-map voxels fits
-# batch size 2 in 8 GB (2D: 85e6 at batch 12).
-REFERENCE_3D, REFERENCE_2D = 560_000_000, 85_000_000
-REFERENCE_GB, REFERENCE_BS_3D, REFERENCE_BS_2D = 8.0, 2, 12
 MIN_FEATURE_EDGE = 4
 LOWRES_THRESHOLD = 0.25
 LOWRES_STEP = 1.03
@@ -37,22 +36,48 @@ LOWRES_STEP = 1.03
 class PlannerSettings:
     """Everything the planner can be told. Defaults reproduce nnU-Net v2's ExperimentPlanner.
 
+    ``preset`` names the nnU-Net planner to reproduce (see
+    :data:`medseg.planning.presets.PRESETS`); ``gpu_memory_gb``,
+    ``max_dataset_fraction`` and ``plans_name`` left at None take the preset's value,
+    and ``convs_per_stage`` (None: the preset's) replaces its per-stage counts.
     ``patch_size`` fixes the patch of a configuration (for example a small patch
     for a CPU demo); its topology and batch size are then derived from it.
     ``target_spacing`` overrides the full-resolution spacing (processing order).
     """
 
-    gpu_memory_gb: float = 8.0
+    gpu_memory_gb: float | None = None
     base_features: int = 32
     max_features_3d: int = 320
     max_features_2d: int = 512
-    convs_per_stage: int = 2
+    convs_per_stage: int | None = None
     min_batch_size: int = 2
-    max_dataset_fraction: float = 0.05
+    max_dataset_fraction: float | None = None
     configurations: tuple[str, ...] | None = None
     target_spacing: tuple[float, ...] | None = None
     patch_size: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    plans_name: str = "medsegPlans"
+    plans_name: str | None = None
+    preset: str = DEFAULT.name
+
+
+def resolved_settings(settings: PlannerSettings) -> PlannerSettings:
+    """``settings`` with every None that its preset fills filled in."""
+    p = preset(settings.preset)
+    return replace(
+        settings,
+        gpu_memory_gb=p.gpu_memory_gb if settings.gpu_memory_gb is None else settings.gpu_memory_gb,
+        max_dataset_fraction=(
+            p.max_dataset_fraction
+            if settings.max_dataset_fraction is None
+            else settings.max_dataset_fraction
+        ),
+        plans_name=p.plans_name if settings.plans_name is None else settings.plans_name,
+    )
+
+
+def _blocks(p: Preset, settings: PlannerSettings, n_stages: int) -> tuple[list[int], list[int]]:
+    if settings.convs_per_stage is not None:
+        return [settings.convs_per_stage] * n_stages, [settings.convs_per_stage] * (n_stages - 1)
+    return stage_blocks(p, n_stages)
 
 
 def _architecture(topo: Topology, settings: PlannerSettings) -> dict:
@@ -61,8 +86,10 @@ def _architecture(topo: Topology, settings: PlannerSettings) -> dict:
     max_features = settings.max_features_2d if dim == 2 else settings.max_features_3d
     conv = "torch.nn.modules.conv.Conv3d" if dim == 3 else "torch.nn.modules.conv.Conv2d"
     norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
+    p = preset(settings.preset)
+    encoder, decoder = _blocks(p, settings, n_stages)
     return {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "network_class_name": p.network_class_name,
         "arch_kwargs": {
             "n_stages": n_stages,
             "features_per_stage": [
@@ -71,8 +98,8 @@ def _architecture(topo: Topology, settings: PlannerSettings) -> dict:
             "conv_op": conv,
             "kernel_sizes": [list(k) for k in topo.conv_kernel_sizes],
             "strides": [list(s) for s in topo.pool_kernel_sizes],
-            "n_conv_per_stage": [settings.convs_per_stage] * n_stages,
-            "n_conv_per_stage_decoder": [settings.convs_per_stage] * (n_stages - 1),
+            p.encoder_blocks_key: encoder,
+            "n_conv_per_stage_decoder": decoder,
             "conv_bias": True,
             "norm_op": norm,
             "norm_op_kwargs": {"eps": 1e-05, "affine": True},
@@ -95,14 +122,16 @@ class _MemoryModel:
     def estimate(self, topo: Topology) -> int:
         key = f"{topo.patch_size}_{topo.pool_kernel_sizes}"
         if key not in self._cache:
+            p = preset(self.settings.preset)
             arch = _architecture(topo, self.settings)["arch_kwargs"]
             self._cache[key] = feature_map_voxels(
                 topo.patch_size,
                 arch["strides"],
                 arch["features_per_stage"],
-                arch["n_conv_per_stage"],
+                arch[p.encoder_blocks_key],
                 arch["n_conv_per_stage_decoder"],
                 self.n_classes,
+                residual_encoder=p.residual_encoder,
             )
         return self._cache[key]
 
@@ -133,16 +162,20 @@ def plan_configuration(
     memory: _MemoryModel,
     fixed_patch: Sequence[int] | None = None,
 ) -> dict:
-    """Patch size, topology and batch size for one configuration."""
+    """Patch size, topology and batch size for one configuration (resolved settings)."""
     settings = memory.settings
+    p = preset(settings.preset)
     spacing = np.asarray(spacing, dtype=float)
     is_2d = len(spacing) == 2
-    reference = (REFERENCE_2D if is_2d else REFERENCE_3D) * settings.gpu_memory_gb / REFERENCE_GB
-    ref_bs = REFERENCE_BS_2D if is_2d else REFERENCE_BS_3D
+    # nnU-Net's order of operations, so that budgets other than 8 GB round the same way
+    reference = (p.reference_2d if is_2d else p.reference_3d) * (
+        settings.gpu_memory_gb / p.reference_gb
+    )
+    ref_bs = p.reference_bs_2d if is_2d else p.reference_bs_3d
     start = fixed_patch if fixed_patch is not None else _initial_patch(spacing, median_shape)
     topo = pool_and_conv_props(spacing, start, MIN_FEATURE_EDGE)
     estimate = memory.estimate(topo)
-    while fixed_patch is None and estimate / ref_bs * 2 > reference:
+    while fixed_patch is None and _too_large(estimate, reference, ref_bs, p):
         topo = _shrink(topo, spacing, median_shape)
         estimate = memory.estimate(topo)
     batch = round(reference / estimate * ref_bs)
@@ -159,6 +192,14 @@ def plan_configuration(
         "spacing": [float(s) for s in spacing],
         "architecture": _architecture(topo, settings),
     }
+
+
+def _too_large(estimate: int, reference: float, ref_bs: int, p: Preset) -> bool:
+    """Whether the patch must shrink: the reference batch (ResEnc presets) or batch 2
+    (default planner) would not fit the budget."""
+    if p.shrink_to_reference_batch:
+        return estimate > reference
+    return estimate / ref_bs * 2 > reference
 
 
 def _lowres(full: dict, median_shape: np.ndarray, n_training: int, memory: _MemoryModel):
@@ -191,6 +232,7 @@ def _wanted(settings: PlannerSettings, name: str) -> bool:
 
 def plan_experiment(fp: Fingerprint, settings: PlannerSettings = PlannerSettings()) -> dict:
     """The plans record for a fingerprint (see the module docstring)."""
+    settings = resolved_settings(settings)
     for name in settings.configurations or ():
         if name not in CONFIGURATIONS:
             raise PlanError(f"unknown configuration {name!r}; choose from {CONFIGURATIONS}")
@@ -258,7 +300,9 @@ def _common_entries(schemes: list[str], use_mask: list[bool]) -> dict:
 
 
 def _entry(settings: PlannerSettings, name: str, plan: dict, common: dict) -> dict:
-    return {"data_identifier": f"{settings.plans_name}_{name}", **common, **plan}
+    shared = preset(settings.preset).shares_data_with
+    prefix = shared if shared and name in ("2d", "3d_fullres") else settings.plans_name
+    return {"data_identifier": f"{prefix}_{name}", **common, **plan}
 
 
 def _plans_body(fp: Fingerprint, settings: PlannerSettings, forward, backward, configs) -> dict:

@@ -3,7 +3,9 @@
 
 def planner_args(wildcards=None):
     p = config["planner"]
-    args = [f"--gpu-memory {p['gpu_memory_gb']}", f"--base-features {p['base_features']}"]
+    args = [f"--preset {p['preset']}", f"--base-features {p['base_features']}"]
+    if p.get("gpu_memory_gb") is not None:  # unset: the preset's own target
+        args.append(f"--gpu-memory {p['gpu_memory_gb']}")
     names = list(config["configurations"])
     if "3d_cascade_fullres" in names:  # its plan is built from these two
         names += [n for n in ("3d_lowres", "3d_fullres") if n not in names]
