@@ -34,15 +34,27 @@ CONFIGURATION_KEYS = (
 )
 
 
+#: The label name that marks unannotated voxels (nnU-Net's ``ignore``).
+IGNORE_NAME = "ignore"
+
+
 @dataclass(frozen=True)
 class LabelSet:
-    """Label values and names: background 0, foreground 1, 2, ... in order."""
+    """Label values and names: background 0, foreground 1, 2, ... in order.
+
+    A label named ``ignore`` (nnU-Net's convention for partial annotations) must have
+    the highest value; it is kept apart in :attr:`ignore`: it is no class of the
+    network (not in :attr:`pairs`, :attr:`foreground` or :attr:`n_classes`) and only
+    returns in :meth:`to_list`.
+    """
 
     pairs: tuple[tuple[int, str], ...]
+    ignore: int | None = None
 
     @classmethod
     def of(cls, pairs: Sequence, where: str = "labels") -> LabelSet:
-        """From ``[[0, "background"], [1, "liver"], ...]``; values must be 0, 1, 2, ..."""
+        """From ``[[0, "background"], [1, "liver"], ...]``; values must be 0, 1, 2, ...
+        (an ``ignore`` label included, which must have the highest value)."""
         try:
             items = tuple((int(v), str(n)) for v, n in pairs)
         except (TypeError, ValueError) as e:
@@ -52,7 +64,16 @@ class LabelSet:
                 f"{where}: label values must be 0 (background), 1, 2, ... in "
                 f"order, got {[v for v, _ in items]}"
             )
-        return cls(items)
+        ignore = [v for v, n in items if n == IGNORE_NAME]
+        if not ignore:
+            return cls(items)
+        if len(ignore) > 1 or ignore[0] != items[-1][0] or len(items) < 3:
+            raise RecordError(
+                f"{where}: the label {IGNORE_NAME!r} must be the one with the highest value, "
+                f"after background and at least one class (nnU-Net's convention), got "
+                f"{[list(p) for p in items]}; renumber it in dataset.json and the label files"
+            )
+        return cls(items[:-1], ignore[0])
 
     @property
     def values(self) -> tuple[int, ...]:
@@ -60,21 +81,27 @@ class LabelSet:
 
     @property
     def foreground(self) -> tuple[int, ...]:
-        """Foreground label values (background 0 left out)."""
+        """Foreground label values (background 0 and the ignore label left out)."""
         return tuple(v for v, _ in self.pairs if v != 0)
 
     @property
     def names(self) -> dict[int, str]:
-        """Value -> name, background included."""
+        """Value -> name, background included, the ignore label not."""
         return dict(self.pairs)
 
     @property
+    def all_names(self) -> dict[int, str]:
+        """:attr:`names` and the ignore label, if any (what evaluation needs)."""
+        return dict(self.to_list())
+
+    @property
     def n_classes(self) -> int:
-        """Network output channels: one per label, background included."""
+        """Network output channels: one per label, background included, ignore not."""
         return len(self.pairs)
 
     def to_list(self) -> list[list]:
-        return [[v, n] for v, n in self.pairs]
+        extra = [] if self.ignore is None else [[self.ignore, IGNORE_NAME]]
+        return [[v, n] for v, n in self.pairs] + extra
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,13 @@ def _labels(raw: object, name_to_value: bool, where: str) -> tuple[tuple[int, st
             f"{where}: label values must be consecutive 0, 1, 2, ... (as nnU-Net requires), got "
             f"{values}; renumber the labels in the files and in dataset.json"
         )
+    ignore = [v for v, n in pairs if n == "ignore"]
+    if ignore and ignore[0] != values[-1]:
+        raise DatasetError(
+            f"{where}: the label 'ignore' (unannotated voxels) must have the highest value, "
+            f"got {ignore[0]} of {values} (nnU-Net's convention); renumber it in dataset.json "
+            "and the label files"
+        )
     return tuple(pairs)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from medseg.core.errors import EvaluationError
 from medseg.core.parallel import parallel_map
+from medseg.core.plans import IGNORE_NAME
 from medseg.core.records import stamp
 from medseg.evaluation.cache import CaseCache, code_versions, file_identity, nan_from_none
 from medseg.evaluation.cases import CasePair, listing, match_cases, read_case, unreadable_error
@@ -71,6 +72,7 @@ def case_metrics(
     labels: Sequence[int],
     spacing: Sequence[float],
     nsd_tolerance_mm: float = 1.0,
+    ignore: int | None = None,
 ) -> dict[int, dict[str, float]]:
     """Dice, HD95 (mm), NSD and voxel counts of each label of one case.
 
@@ -85,6 +87,9 @@ def case_metrics(
     nsd_tolerance_mm : float
         A boundary voxel counts as correct for NSD if it lies within this
         distance (mm) of the other surface.
+    ignore : int, optional
+        The ignore label (partial annotations): voxels where ``ref`` has it are
+        left out of every label's counts and surfaces (nnU-Net's rule).
 
     Returns
     -------
@@ -101,20 +106,30 @@ def case_metrics(
         raise EvaluationError(f"spacing must be {pred.ndim} positive sizes in mm, got {spacing}")
     if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
         raise EvaluationError(f"the NSD tolerance must be >= 0 mm, got {nsd_tolerance_mm}")
+    valid = None if ignore is None else ref != ignore
     return {
-        int(c): _label_metrics(pred == c, ref == c, sp, float(nsd_tolerance_mm)) for c in labels
+        int(c): _label_metrics(_masked(pred == c, valid), ref == c, sp, float(nsd_tolerance_mm))
+        for c in labels
     }
 
 
-def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+def _masked(mask: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """``mask`` where the reference is annotated (all of it without an ignore label)."""
+    return mask if valid is None else mask & valid
+
+
+def dice_per_label(
+    pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], ignore: int | None = None
+) -> dict[int, float]:
     """Dice ``2 TP / (2 TP + FP + FN)`` of each label, from voxel counts; NaN if in neither.
 
     The same numbers as :func:`case_metrics` (and nnU-Net), without the surface
     metrics: cheap enough to score many postprocessing candidates.
     """
     scores = {}
+    valid = None if ignore is None else ref != ignore
     for c in labels:
-        p, r = pred == c, ref == c
+        p, r = _masked(pred == c, valid), ref == c
         denom = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
         tp = int(np.count_nonzero(p & r))
         scores[int(c)] = 2 * tp / denom if denom else math.nan
@@ -138,7 +153,9 @@ def _label_metrics(
     return {"dice": dice, "hd95": hd95, "nsd": nsd, **counts}
 
 
-def _score_pair(pair: CasePair, ref, labels: tuple[int, ...], tol: float, missing: str) -> dict:
+def _score_pair(
+    pair: CasePair, ref, labels: tuple[int, ...], tol: float, missing: str, ignore=None
+) -> dict:
     """Score one case against the reference volume ``ref`` already read.
 
     Without a readable prediction, score an empty one (``missing="empty"``) or,
@@ -158,15 +175,16 @@ def _score_pair(pair: CasePair, ref, labels: tuple[int, ...], tol: float, missin
             return {"case": pair.case, "unreadable": (name, problem)}
         record["note"] = f"scored as an empty prediction: {problem}"
         pred = np.zeros(ref_array.shape, ref_array.dtype)  # all background on the reference's grid
-    metrics = case_metrics(pred, ref_array, labels, spacing, tol)
+    metrics = case_metrics(pred, ref_array, labels, spacing, tol, ignore)
     return {**record, "metrics": {str(c): m for c, m in metrics.items()}}
 
 
-def _score_group(job: tuple[list[tuple[str, CasePair]], tuple[int, ...], float, str]) -> list:
-    """Score predictions of one case (``(folder key, pair)`` each), reading its reference once."""
-    items, labels, tol, missing = job
+def _score_group(job: tuple) -> list:
+    """Score predictions of one case (``(folder key, pair)`` each), reading its reference
+    once; ``job``: ``(items, labels, tol, missing, ignore)``."""
+    items, labels, tol, missing, ignore = job
     ref = read_volume(items[0][1].reference, "label")
-    return [(key, _score_pair(pair, ref, labels, tol, missing)) for key, pair in items]
+    return [(key, _score_pair(pair, ref, labels, tol, missing, ignore)) for key, pair in items]
 
 
 def _jobs(todo: list[tuple[str, CasePair]], processes: int) -> list[list[tuple[str, CasePair]]]:
@@ -180,12 +198,12 @@ def _jobs(todo: list[tuple[str, CasePair]], processes: int) -> list[list[tuple[s
     return groups
 
 
-def _cache_key(pair: CasePair, labels: tuple[int, ...], tol: float) -> dict | None:
+def _cache_key(pair: CasePair, labels: tuple[int, ...], tol: float, ignore=None) -> dict | None:
     """What a case's metrics depend on; None if the prediction is not a readable file."""
     prediction = file_identity(pair.prediction)
     if prediction is None:
         return None
-    return {
+    return ({} if ignore is None else {"ignore": ignore}) | {
         "prediction": prediction,
         "reference": file_identity(pair.reference),
         "labels": list(labels),
@@ -207,15 +225,16 @@ def _cached_record(pair: CasePair, metrics: dict) -> dict:
 def _score_all(
     pairs: dict[str, list[CasePair]],
     caches: dict[str, CaseCache],
-    settings: tuple[tuple[int, ...], float, str],
+    settings: tuple[tuple[int, ...], float, str, int | None],
     processes: int,
 ) -> Iterator[tuple[str, dict]]:
-    """``(key, record)`` of every pair: from the caches, then scored in one pool of workers."""
-    labels, tol, missing = settings
+    """``(key, record)`` of every pair: from the caches, then scored in one pool of workers;
+    ``settings``: ``(labels, tol, missing, ignore)``."""
+    labels, tol, missing, ignore = settings
     todo, keys = [], {}
     for key, key_pairs in pairs.items():
         for pair in key_pairs:
-            cache_key = _cache_key(pair, labels, tol) if key in caches else None
+            cache_key = _cache_key(pair, labels, tol, ignore) if key in caches else None
             hit = caches[key].get(pair.case, cache_key) if cache_key is not None else None
             if hit is not None:
                 yield key, _cached_record(pair, hit)
@@ -224,7 +243,7 @@ def _score_all(
             todo.append((key, pair))
     if processes > 1 and len(todo) > 1:
         preload()  # torch and MONAI imported once here, before the workers fork
-    jobs = [(group, labels, tol, missing) for group in _jobs(todo, processes)]
+    jobs = [(group, labels, tol, missing, ignore) for group in _jobs(todo, processes)]
     for results in parallel_map(_score_group, jobs, processes):
         for key, record in results:
             cache_key = keys[key, record["case"]]
@@ -253,8 +272,11 @@ def evaluate_folders(
     reference. With ``cache``, each folder keeps its cases' metrics in a cache file
     (:mod:`medseg.evaluation.cache`) and a case whose prediction and reference are
     unchanged is not scored again. Returns ``{key: summary}`` in the order of ``pred_dirs``.
+    A label named ``ignore`` is not scored: voxels where the reference has it count for
+    no label (nnU-Net's rule for partial annotations).
     """
-    fg = foreground_labels(labels)
+    ignore = ignore_label(labels)
+    fg = foreground_labels({v: n for v, n in labels.items() if int(v) != ignore})
     tol = float(nsd_tolerance_mm)
     pairs = {
         key: match_cases(folder, ref_dir, file_ending, missing=missing, cases=cases)
@@ -264,7 +286,8 @@ def evaluate_folders(
     scored: dict[str, dict[str, dict]] = {key: {} for key in pairs}
     unreadable: dict[str, list] = {key: [] for key in pairs}
     try:
-        for key, record in _score_all(pairs, caches, (tuple(fg), tol, missing), processes):
+        settings = (tuple(fg), tol, missing, ignore)
+        for key, record in _score_all(pairs, caches, settings, processes):
             if "unreadable" in record:
                 unreadable[key].append(record["unreadable"])
             else:
@@ -285,9 +308,16 @@ def evaluate_folders(
             "file_ending": file_ending,
             "nsd_tolerance_mm": tol,
             "missing": missing,
+            **({} if ignore is None else {"ignore_label": ignore}),
         }
         summaries[key] = _summary(records, fg, header)
     return summaries
+
+
+def ignore_label(labels: Mapping[int, str]) -> int | None:
+    """The value of the label named ``ignore`` in ``labels`` (value -> name), or None."""
+    found = [int(v) for v, n in labels.items() if str(n) == IGNORE_NAME]
+    return found[0] if found else None
 
 
 def _summary(records: list[dict], fg: dict[int, str], header: dict) -> dict:
@@ -328,7 +358,8 @@ def evaluate_folder(
         Folders of label maps ``CASE<file_ending>``; each prediction needs a
         reference on the same voxel grid.
     labels : Mapping[int, str]
-        Label value -> name; background 0, if present, is not scored.
+        Label value -> name; background 0, if present, is not scored, nor a label
+        named ``ignore``, whose voxels in the reference count for no label.
     processes : int
         Cases scored in parallel.
     file_ending : str

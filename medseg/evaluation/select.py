@@ -126,7 +126,7 @@ def select_model(
     scored again (:mod:`medseg.evaluation.cache`).
     """
     plans = Plans.of(plans)
-    labels = plans.labels.names
+    labels = plans.labels.all_names  # an ignore label, if any, masks the references
     cases = sorted({c for fold in splits["folds"] for c in fold["val"]})
     available = [c for c in plans.configurations if trained_folds(models, c)]
     names = [c for c in (configurations or available) if c in available]

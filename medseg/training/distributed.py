@@ -354,7 +354,7 @@ def _train_rank(rank: int, job: _Job, messages, requested: Callable[[], bool]) -
     share = rank_batches(run.config.batch_size, job.world)[rank]
     run.train_spec = rank_spec(run.train_spec, rank, share)
     run.val_spec = rank_spec(run.val_spec, rank, share)
-    run.loss, _ = build_distributed_loss(run.config)
+    run.loss, _ = build_distributed_loss(run.config, ignore=run.ignore)
     run.ddp = data_parallel(run.model, run.n_weighted, device)
     run.reduce = lambda t: _sum(t, device)
     run.is_writer = rank == 0

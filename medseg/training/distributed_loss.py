@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.core.plans import Configuration
+from medseg.training.ignore import split_target
 from medseg.training.model import deep_supervision_weights
 
 SMOOTH = 1e-5
@@ -60,6 +61,7 @@ def dice_ce(
     batch: bool,
     reduce: Callable[[torch.Tensor], torch.Tensor] = sum_over_processes,
     smooth: float = SMOOTH,
+    ignore: int | None = None,
 ) -> torch.Tensor:
     """Soft Dice (foreground classes) + cross-entropy of ``logits (B, C, *spatial)``
     against integer labels ``target (B, 1, *spatial)`` (float or int).
@@ -67,11 +69,16 @@ def dice_ce(
     ``batch``: one Dice per class over the batch, with its sums passed through
     ``reduce`` (the global batch); else one per sample and class, local. MONAI's
     formula: ``1 - (2 tp + s) / (2 (tp + fp/2 + fn/2) + s)``, averaged.
+
+    ``ignore``: the label of unannotated voxels (:mod:`medseg.training.ignore`), left
+    out of both terms; the cross-entropy is 0 when no voxel is annotated.
     """
     n_classes = logits.shape[1]
     probs = torch.softmax(logits, 1)[:, 1:]
-    labels = target[:, 0].long()
+    labels, mask = split_target(target[:, 0], ignore)
     onehot = F.one_hot(labels, n_classes).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    if mask is not None:
+        probs, onehot = probs * mask, onehot * mask
     axes = list(range(2, logits.ndim))
     if batch:
         axes = [0, *axes]
@@ -83,24 +90,32 @@ def dice_ce(
     tp, pred, truth = stats
     fp, fn = (pred - tp) * 0.5, (truth - tp) * 0.5
     dice = 1 - (2 * tp + smooth) / (2 * (tp + fp + fn) + smooth)
-    return dice.mean() + F.cross_entropy(logits, labels)
+    if mask is None:
+        return dice.mean() + F.cross_entropy(logits, labels)
+    if not bool(mask.any()):  # nnU-Net: no cross-entropy without annotated voxels
+        return dice.mean() + 0 * logits.sum()
+    return dice.mean() + F.cross_entropy(logits, target[:, 0].long(), ignore_index=ignore)
 
 
 class GlobalDiceCE(torch.nn.Module):
     """:func:`dice_ce` as a loss module (what ``DeepSupervisionLoss`` wraps)."""
 
-    def __init__(self, batch_dice: bool, reduce=sum_over_processes):
+    def __init__(self, batch_dice: bool, reduce=sum_over_processes, ignore: int | None = None):
         super().__init__()
-        self.batch_dice, self.reduce = batch_dice, reduce
+        self.batch_dice, self.reduce, self.ignore = batch_dice, reduce, ignore
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice_ce(logits, target, self.batch_dice, self.reduce)
+        return dice_ce(logits, target, self.batch_dice, self.reduce, ignore=self.ignore)
 
 
-def build_distributed_loss(config: Configuration, reduce=sum_over_processes):
+def build_distributed_loss(
+    config: Configuration, reduce=sum_over_processes, ignore: int | None = None
+):
     """The data-parallel twin of :func:`~medseg.training.model.build_loss`: the same
-    deep-supervision weights and target downsampling, Dice over the global batch."""
+    deep-supervision weights and target downsampling, Dice over the global batch;
+    ``ignore``: the ignore label, if the dataset has one."""
     from monai.losses import DeepSupervisionLoss
 
     weights = deep_supervision_weights(config)
-    return DeepSupervisionLoss(GlobalDiceCE(config.batch_dice, reduce), weights=weights), weights
+    loss = GlobalDiceCE(config.batch_dice, reduce, ignore)
+    return DeepSupervisionLoss(loss, weights=weights), weights

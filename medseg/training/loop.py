@@ -33,6 +33,7 @@ from medseg.nets.device import resolve_device
 from medseg.planning.splits import fold_cases
 from medseg.training.augment import settings_for_patch
 from medseg.training.cascade import CascadeAugmentSettings
+from medseg.training.ignore import hard_counts
 from medseg.training.interrupt import Cursor, Stopper, StopPolicy
 from medseg.training.loader import (
     VALIDATION_STREAM,
@@ -85,6 +86,8 @@ class _Run:
     train_spec: BatchSpec
     val_spec: BatchSpec
     n_classes: int
+    #: The dataset's ignore label (:mod:`medseg.training.ignore`), or None.
+    ignore: int | None = None
     #: Data-parallel training (:mod:`medseg.training.distributed`): the wrapped model the
     #: training step runs, the sum over processes of a CPU float64 tensor, and whether this
     #: process writes checkpoints and logs. The defaults are one process.
@@ -159,13 +162,8 @@ def _validate_epoch(run: _Run, epoch: int) -> tuple[float, list[float]]:
         with _autocast(run):
             outputs = run.model(image)
         losses.append(float(run.loss(outputs[: run.n_weighted], label.float())))
-        pred = outputs[0].argmax(1)
-        target = label[:, 0].long()
-        for c in range(1, run.n_classes):
-            p, t = pred == c, target == c
-            tp[c - 1] += (p & t).sum().item()
-            fp[c - 1] += (p & ~t).sum().item()
-            fn[c - 1] += (~p & t).sum().item()
+        counts = hard_counts(outputs[0].argmax(1), label[:, 0].long(), run.n_classes, run.ignore)
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
     val_loss = float(np.mean(losses))
     if run.reduce is not None:  # counts and losses of all processes
         tp, fp, fn = run.reduce(torch.stack([tp, fp, fn]))
@@ -218,7 +216,7 @@ def _build_run(
         nesterov=True,
         weight_decay=s.weight_decay,
     )
-    loss, weights = build_loss(config)
+    loss, weights = build_loss(config, plans.labels.ignore)
     amp_dtype, use_scaler = _amp(device, s.amp)
     masked = tuple(i for i, m in enumerate(config.use_mask_for_norm) if m)
     patch = config.patch_size
@@ -248,6 +246,7 @@ def _build_run(
             **common,
         ),
         n_classes=n_classes,
+        ignore=plans.labels.ignore,
     )
 
 

@@ -48,13 +48,20 @@ def deep_supervision_weights(config: Configuration) -> list[float]:
     return list(weights / weights.sum())
 
 
-def build_loss(config: Configuration):
+def build_loss(config: Configuration, ignore: int | None = None):
     """Dice + cross-entropy (MONAI) on every deep-supervision output, nnU-Net's weights.
 
     Dice excludes background and is computed over the whole batch when the plans
     say ``batch_dice``; targets are downsampled to each output by nearest-exact.
+    ``ignore``: the dataset's ignore label; its voxels are left out of both terms
+    (:mod:`medseg.training.ignore`; the same loss in :mod:`~medseg.training.distributed_loss`).
     """
     from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    if ignore is not None:
+        from medseg.training.distributed_loss import build_distributed_loss
+
+        return build_distributed_loss(config, reduce=_local, ignore=ignore)
 
     dice_ce = DiceCELoss(
         include_background=False,
@@ -66,3 +73,8 @@ def build_loss(config: Configuration):
     )
     weights = deep_supervision_weights(config)
     return DeepSupervisionLoss(dice_ce, weights=weights), weights
+
+
+def _local(tensor):
+    """No reduction: the sums of this process's batch (one-process training)."""
+    return tensor

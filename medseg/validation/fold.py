@@ -141,7 +141,8 @@ def validate_fold(
         save_probabilities(fold_dir.validation_probabilities(case_id), probs.array, probs.affine)
         ref = _reference(case_id, spec, preprocessed, record)
         per_case[case_id] = {
-            names[c]: d for c, d in dice_per_label(label.array, ref.array, labels).items()
+            names[c]: d
+            for c, d in dice_per_label(label.array, ref.array, labels, plans.labels.ignore).items()
         }
         log.info("validated %s: %s", case_id, per_case[case_id])
     mean = {names[c]: float(np.nanmean([per_case[k][names[c]] for k in per_case])) for c in labels}
