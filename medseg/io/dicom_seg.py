@@ -51,6 +51,7 @@ from medseg.core.errors import DicomSegError
 from medseg.core.volume import as_label_array
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_series import SeriesInfo
+from medseg.io.dicom_source import check_source_uids, read_source_headers
 
 log = logging.getLogger(__name__)
 
@@ -168,30 +169,12 @@ def segment_number_array(label: np.ndarray, plan: Sequence[tuple[int, int, str]]
     return lut[label].astype(np.uint8 if len(plan) < 256 else np.uint16)
 
 
-def _repair_header(ds: pydicom.Dataset, path: Path) -> list[str]:
-    """Fill, on the in-memory header only, what anonymisers drop and highdicom needs.
-
-    Returns the names of the UIDs taken from the file meta information.
-    """
-    meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
-    repaired = []
-    for key in ("SOPClassUID", "SOPInstanceUID"):
-        if not ds.get(key) and meta.get(f"MediaStorage{key}"):
-            setattr(ds, key, meta.get(f"MediaStorage{key}"))
-            repaired.append(key)
-        if not ds.get(key):
-            raise DicomSegError(f"{path}: no {key}; a DICOM-SEG cannot reference this image")
-    for key in _TYPE2_SOURCE_KEYS:  # type 2: may be empty, but highdicom reads them
-        if key not in ds:
-            setattr(ds, key, "")
-    return repaired
-
-
 def source_headers(series: SeriesInfo) -> list[pydicom.Dataset]:
     """The headers (no pixel data) of ``series.files``, in slice order, repaired.
 
     An empty SOPClassUID / SOPInstanceUID (seen in anonymised exports) is taken
-    from the file's meta information (MediaStorageSOP...UID), with a warning.
+    from the file's meta information (MediaStorage...UID), with a warning; the type 2
+    attributes highdicom reads are added empty where missing (in memory only).
 
     Raises
     ------
@@ -199,24 +182,17 @@ def source_headers(series: SeriesInfo) -> list[pydicom.Dataset]:
         If the series is one multi-frame object, a file is unreadable or has no
         SOP Class / Instance UID, or the files changed since the series was read.
     """
-    if not series.files:
-        raise DicomSegError(f"{series.folder}: the SeriesInfo lists no image files")
-    headers, repaired = [], set()
-    for k, path in enumerate(series.files):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # unreadable now although it was read before
-            raise DicomSegError(f"{path}: cannot read the DICOM header ({e})") from e
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise DicomSegError(
-                f"{path}: multi-frame source image; DICOM-SEG export supports series of "
-                "single-frame images only. Convert the series to single frames first."
-            )
-        repaired.update(_repair_header(ds, Path(path)))
-        known = series.sop_instance_uids[k] if k < len(series.sop_instance_uids) else ""
-        if known and known != ds.get("SOPInstanceUID"):
-            raise DicomSegError(f"{path} changed since the series was read; read it again")
-        headers.append(ds)
+    headers, repaired = read_source_headers(
+        series,
+        DicomSegError,
+        "a DICOM-SEG",
+        "DICOM-SEG export supports series of single-frame images only. Convert the series "
+        "to single frames first.",
+    )
+    for ds in headers:
+        for key in _TYPE2_SOURCE_KEYS:  # type 2: may be empty, but highdicom reads them
+            if key not in ds:
+                setattr(ds, key, "")
     if repaired:
         log.warning("%s: empty %s; using the file meta's", series.folder, sorted(repaired))
     return headers
@@ -227,20 +203,6 @@ def _character_set(headers: Sequence[pydicom.Dataset], texts: Sequence[str]) -> 
     if all(t.isascii() for t in texts):
         return headers[0].get("SpecificCharacterSet")
     return "ISO_IR 192"
-
-
-def _check_source_uids(headers: Sequence[pydicom.Dataset], series: SeriesInfo) -> None:
-    for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        values = {str(h.get(key, "") or "") for h in headers}
-        if "" in values or len(values) != 1:
-            raise DicomSegError(
-                f"{series.folder}: the source images have {'no' if '' in values else 'mixed'} "
-                f"{key}; a DICOM-SEG must name the study, series and frame of reference of "
-                "its images. Export the series again with UIDs kept (anonymisers that blank "
-                "UIDs break every reference to the images)."
-            )
-    if len({str(h.SOPInstanceUID) for h in headers}) != len(headers):
-        raise DicomSegError(f"{series.folder}: two source images share a SOPInstanceUID")
 
 
 def _segment_descriptions(plan: Sequence[tuple[int, int, str]], meta: SegMetadata) -> list:
@@ -284,7 +246,7 @@ def build_segmentation(
     """
     import highdicom as hd
 
-    _check_source_uids(headers, series)
+    check_source_uids(headers, series, DicomSegError, "a DICOM-SEG")
     expected = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
     if np.ndim(label) != 3 or tuple(np.shape(label)) != expected:
         raise DicomSegError(

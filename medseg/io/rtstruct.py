@@ -54,6 +54,7 @@ from medseg.core.palette import palette_colour
 from medseg.core.volume import as_label_array
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_series import SeriesInfo
+from medseg.io.dicom_source import check_source_uids, read_source_headers
 
 log = logging.getLogger(__name__)
 
@@ -203,38 +204,15 @@ def roi_plan(label_names: Mapping[int, str]) -> list[tuple[int, str]]:
 
 def _source_headers(series: SeriesInfo) -> list[pydicom.Dataset]:
     """Headers of ``series.files`` (slice order), SOP UIDs from the file meta if blanked."""
-    if not series.files:
-        raise RtStructError(f"{series.folder}: the SeriesInfo lists no image files")
-    headers = []
-    for k, path in enumerate(series.files):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # unreadable now although it was read before
-            raise RtStructError(f"{path}: cannot read the DICOM header ({e})") from e
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise RtStructError(
-                f"{path}: multi-frame source image; RTSTRUCT contours reference one image "
-                "per slice, so medseg writes them for series of single-frame images only. "
-                "Convert the series to single frames, or write a DICOM-SEG instead."
-            )
-        meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
-        for key in ("SOPClassUID", "SOPInstanceUID"):
-            if not ds.get(key):
-                setattr(ds, key, meta.get(f"MediaStorage{key}", ""))
-            if not ds.get(key):
-                raise RtStructError(f"{path}: no {key}; a contour cannot reference this image")
-        known = series.sop_instance_uids[k] if k < len(series.sop_instance_uids) else ""
-        if known and known != ds.SOPInstanceUID:
-            raise RtStructError(f"{path} changed since the series was read; read it again")
-        headers.append(ds)
-    for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        values = {str(h.get(key, "") or "") for h in headers}
-        if "" in values or len(values) != 1:
-            raise RtStructError(
-                f"{series.folder}: the source images have {'no' if '' in values else 'mixed'} "
-                f"{key}; an RTSTRUCT must name the study, series and frame of reference of "
-                "its images. Export the series again with its UIDs kept."
-            )
+    headers, _ = read_source_headers(
+        series,
+        RtStructError,
+        "an RTSTRUCT",
+        "RTSTRUCT contours reference one image per slice, so medseg writes them for series "
+        "of single-frame images only. Convert the series to single frames, or write a "
+        "DICOM-SEG instead.",
+    )
+    check_source_uids(headers, series, RtStructError, "an RTSTRUCT")
     return headers
 
 
