@@ -85,14 +85,8 @@ def _ras_box(mask: np.ndarray, offset: np.ndarray, affine: np.ndarray) -> tuple[
 
 def centroid_index(mask: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """Mean voxel index ``[i, j, k]`` of the voxels of ``mask`` (a crop whose first voxel
-    is at index ``offset`` of the whole grid), from its projections on each axis."""
-    count = mask.sum()
-    means = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        profile = mask.sum(axis=others, dtype=np.int64)
-        means.append(float(np.dot(profile, np.arange(mask.shape[axis]))) / count)
-    return np.asarray(means) + offset
+    is at index ``offset`` of the whole grid)."""
+    return np.asarray(ndimage.center_of_mass(mask)) + offset
 
 
 def label_regions(array: np.ndarray) -> list:

@@ -51,7 +51,7 @@ from medseg.core.errors import DicomSegError
 from medseg.core.volume import as_label_array
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_series import SeriesInfo
-from medseg.io.dicom_source import check_source_uids, read_source_headers
+from medseg.io.dicom_source import check_label_grid, check_source_uids, read_source_headers
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +247,7 @@ def build_segmentation(
     import highdicom as hd
 
     check_source_uids(headers, series, DicomSegError, "a DICOM-SEG")
-    expected = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
-    if np.ndim(label) != 3 or tuple(np.shape(label)) != expected:
-        raise DicomSegError(
-            f"label map shape {np.shape(label)} does not match the series in {series.folder} "
-            f"(columns, rows, slices) = {expected}; give the prediction on the grid of "
-            "read_dicom_series (axes X=column, Y=row, Z=slice), not a resampled one"
-        )
+    check_label_grid(label, headers, series, DicomSegError)
     plan = segment_plan(label_names)
     numbers = segment_number_array(label, plan)
     texts = [name for _, _, name in plan] + [getattr(meta, key) for key in _TEXT_FIELDS]

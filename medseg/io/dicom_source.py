@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from medseg.core.errors import MedsegError
@@ -73,3 +74,16 @@ def check_source_uids(
             )
     if len({str(h.SOPInstanceUID) for h in headers}) != len(headers):
         raise error(f"{series.folder}: two source images share a SOPInstanceUID")
+
+
+def check_label_grid(
+    label: np.ndarray, headers: Sequence[pydicom.Dataset], series: SeriesInfo, error
+) -> None:
+    """``label`` is on the series' own grid: ``(columns, rows, slices)``."""
+    expected = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
+    if np.ndim(label) != 3 or tuple(np.shape(label)) != expected:
+        raise error(
+            f"label map shape {np.shape(label)} does not match the series in {series.folder} "
+            f"(columns, rows, slices) = {expected}; give the prediction on the grid of "
+            "read_dicom_series (axes X=column, Y=row, Z=slice), not a resampled one"
+        )

@@ -54,7 +54,7 @@ from medseg.core.palette import palette_colour
 from medseg.core.volume import as_label_array
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_series import SeriesInfo
-from medseg.io.dicom_source import check_source_uids, read_source_headers
+from medseg.io.dicom_source import check_label_grid, check_source_uids, read_source_headers
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,7 @@ def _source_headers(series: SeriesInfo) -> list[pydicom.Dataset]:
 
 
 def _checked_label(label: np.ndarray, headers, series: SeriesInfo, plan) -> np.ndarray:
-    expected = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
-    if np.ndim(label) != 3 or tuple(np.shape(label)) != expected:
-        raise RtStructError(
-            f"label map shape {np.shape(label)} does not match the series in {series.folder} "
-            f"(columns, rows, slices) = {expected}; give the prediction on the grid of "
-            "read_dicom_series (axes X=column, Y=row, Z=slice), not a resampled one"
-        )
+    check_label_grid(label, headers, series, RtStructError)
     label = as_label_array(label)
     unknown = sorted(set(np.unique(label).tolist()) - {0} - {value for value, _ in plan})
     if unknown:
